@@ -1,0 +1,136 @@
+//! Shared by the integration tests: worker threads under a signal storm.
+
+#![allow(dead_code)]
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+/// Signal handlers installed by the tests call this, if set, so that operations also run
+/// inside handlers (interrupting the same operation on the same thread).
+pub static HANDLER_HOOK: AtomicU64 = AtomicU64::new(0);
+/// Number of signals handled.
+pub static HANDLED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+    let hook = HANDLER_HOOK.load(Ordering::Relaxed);
+    if hook != 0 {
+        // SAFETY: the hook is a `fn()` stored by `set_handler_hook`.
+        let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(hook as usize) };
+        f();
+    }
+}
+
+/// Storms share the handler, its hook and the process-wide fallback switch: tests that
+/// use them hold this guard for their whole run.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long each storm worker keeps operating.
+pub const RUN: Duration = Duration::from_millis(400);
+
+/// Calls `op` in batches until `RUN` has passed; returns how many calls were made.
+pub fn for_a_while(mut op: impl FnMut(u64)) -> u64 {
+    let end = std::time::Instant::now() + RUN;
+    let mut n = 0u64;
+    while std::time::Instant::now() < end {
+        for _ in 0..1000 {
+            op(n);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Installs the SIGUSR1 handler used by storms.
+pub fn install_handler() {
+    // SAFETY: a plain sigaction with a handler that only does async-signal-safe work.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Result of a storm run.
+pub struct StormReport {
+    /// Critical sections restarted, summed over the workers.
+    pub aborts: u64,
+    /// Fallback operations of the workers.
+    pub fallback_ops: u64,
+    /// Signals sent.
+    pub signals: u64,
+}
+
+/// Runs `threads` workers, each calling `work(worker_index)` once, while another thread
+/// sends SIGUSR1 to random workers every `interval` (several kHz); the handler calls `hook`.
+/// Returns the workers' summed abort and fallback counts (handlers included).
+pub fn storm<F>(threads: usize, interval: Duration, hook: Option<fn()>, work: F) -> StormReport
+where
+    F: Fn(usize) + Send + Sync + 'static,
+{
+    install_handler();
+    HANDLED.store(0, Ordering::Relaxed);
+    HANDLER_HOOK.store(hook.map_or(0, |f| f as usize as u64), Ordering::Relaxed);
+    let work = Arc::new(work);
+    let start = Arc::new(Barrier::new(threads + 1));
+    let aborts = Arc::new(AtomicU64::new(0));
+    let fallbacks = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let (work, start, aborts, fallbacks) = (work.clone(), start.clone(), aborts.clone(), fallbacks.clone());
+        handles.push(std::thread::spawn(move || {
+            start.wait();
+            let a0 = rseq::stats::thread_aborts();
+            let f0 = rseq::stats::thread_fallback_ops();
+            work(i);
+            aborts.fetch_add(rseq::stats::thread_aborts() - a0, Ordering::Relaxed);
+            fallbacks.fetch_add(rseq::stats::thread_fallback_ops() - f0, Ordering::Relaxed);
+        }));
+    }
+    let tids: Vec<libc::pthread_t> = handles.iter().map(|h| h.as_pthread_t()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let t = tids[(x as usize) % tids.len()];
+                // SAFETY: the thread is joined only after `stop`, so `t` is alive.
+                if unsafe { libc::pthread_kill(t, libc::SIGUSR1) } == 0 {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(interval);
+            }
+        })
+    };
+    start.wait();
+    // Keep signalling until every worker has finished (normally or not), and stop before
+    // any is joined: a joined thread's pthread_t must not be signalled.
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    for h in handles {
+        if let Err(e) = h.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+    HANDLER_HOOK.store(0, Ordering::Relaxed);
+    StormReport {
+        aborts: aborts.load(Ordering::Relaxed),
+        fallback_ops: fallbacks.load(Ordering::Relaxed),
+        signals: sent.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,332 @@
+//! Every per-CPU operation, with more threads than CPUs and a signal storm so that the
+//! kernel really restarts critical sections. Results are checked exactly.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{for_a_while, serial, storm, HANDLED};
+use rseq::pool::PercpuPool;
+use rseq::{percpu_add, percpu_load_compare_store, percpu_sum, Index, Path, PercpuPtr, PercpuStack};
+
+const THREADS: usize = 8;
+const STORM: Duration = Duration::from_micros(200);
+
+fn pool() -> &'static PercpuPool {
+    static POOL: std::sync::OnceLock<PercpuPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| PercpuPool::new(rseq::pool::DEFAULT_STRIDE).expect("pool"))
+}
+
+/// A per-CPU counter: rseq words and fallback words.
+#[derive(Clone, Copy)]
+struct Counter {
+    words: PercpuPtr<u64>,
+    fallback: PercpuPtr<AtomicU64>,
+}
+
+fn counter() -> Counter {
+    let p = pool();
+    Counter { words: p.alloc(8, 8).unwrap().cast(), fallback: p.alloc(8, 8).unwrap().cast() }
+}
+
+impl Counter {
+    fn add(self, index: Index, n: u64) -> Path {
+        // SAFETY: both word sets come from the pool, sized for every possible CPU.
+        unsafe { percpu_add(index, self.words, self.fallback, n) }
+    }
+    fn sum(self) -> u64 {
+        // SAFETY: as above.
+        unsafe { percpu_sum(self.words, self.fallback, pool().ncpus()) }
+    }
+}
+
+static SIGNAL_TARGET: AtomicU64 = AtomicU64::new(0);
+
+fn add_in_handler() {
+    // The counter is published before the storm starts (plain atomics: async-signal-safe).
+    let words = SIGNAL_TARGET.load(Ordering::Acquire);
+    if words != 0 {
+        // SAFETY: a leaked `(Counter, Index)` published by `add_exact`.
+        let c = unsafe { &*(words as *const (Counter, Index)) };
+        c.0.add(c.1, 1);
+    }
+}
+
+fn add_exact(index: Index, forced_fallback: bool) {
+    let _serial = serial();
+    let index = index.resolve();
+    let c = counter();
+    let expect = Arc::new(AtomicU64::new(0));
+    let expect2 = expect.clone();
+    let published = Box::leak(Box::new((c, index)));
+    SIGNAL_TARGET.store(published as *const _ as u64, Ordering::Release);
+    let report = storm(THREADS, STORM, Some(add_in_handler), move |i| {
+        if forced_fallback && i == 0 {
+            rseq::force_fallback(true);
+        }
+        let mut mine = 0u64;
+        for_a_while(|k| {
+            // Mixed signs: the sum must still be exact.
+            let n = if k % 3 == 2 { (-2i64) as u64 } else { 3 };
+            c.add(index, n);
+            mine = mine.wrapping_add(n);
+        });
+        expect2.fetch_add(mine, Ordering::Relaxed);
+    });
+    SIGNAL_TARGET.store(0, Ordering::Release);
+    rseq::force_fallback(false);
+    let expect = expect.load(Ordering::Relaxed).wrapping_add(HANDLED.load(Ordering::Relaxed));
+    assert_eq!(c.sum(), expect, "index {index:?}, fallback {forced_fallback}");
+    if forced_fallback {
+        assert!(report.fallback_ops > 0, "forced fallback was not taken");
+    } else {
+        assert!(report.signals > 100, "storm sent only {} signals", report.signals);
+        assert!(report.aborts > 0, "no critical section was restarted ({} signals)", report.signals);
+        assert_eq!(report.fallback_ops, 0, "the rseq path fell back");
+    }
+}
+
+#[test]
+fn add_cpu_id_exact_under_signal_storm() {
+    add_exact(Index::CpuId, false);
+}
+
+#[test]
+fn add_mm_cid_exact_under_signal_storm() {
+    add_exact(Index::MmCid, false);
+}
+
+#[test]
+fn add_fallback_mixed_with_rseq_is_exact() {
+    // Worker 0 switches this copy to the fallback path half-way into the run of the others:
+    // both paths run together on the same counter and no update is lost.
+    add_exact(Index::CpuId, true);
+}
+
+#[test]
+fn mm_cid_resolves_on_this_kernel() {
+    let fs = rseq::feature_size();
+    let expect = if fs >= 28 { Index::MmCid } else { Index::CpuId };
+    assert_eq!(Index::MmCid.resolve(), expect);
+    assert_eq!(Index::CpuId.resolve(), Index::CpuId);
+}
+
+/// A per-CPU spinlock taken with load-compare-store (0 -> 1) and released with a plain
+/// release store by the owner, guarding a per-CPU non-atomic counter.
+fn lock_exact(index: Index) {
+    let _serial = serial();
+    let index = index.resolve();
+    let p = pool();
+    let locks: PercpuPtr<u64> = p.alloc(8, 8).unwrap().cast();
+    let fallback_locks: PercpuPtr<AtomicU64> = p.alloc(8, 8).unwrap().cast();
+    let data: PercpuPtr<u64> = p.alloc(8, 8).unwrap().cast();
+    let ops = Arc::new(AtomicU64::new(0));
+    let ops2 = ops.clone();
+    let report = storm(THREADS, STORM, None, move |_| {
+        let n = for_a_while(|_| {
+            let cpu = loop {
+                // SAFETY: pool memory for every possible CPU; the fallback set is distinct.
+                match unsafe { percpu_load_compare_store(index, locks, fallback_locks, 0, 1) } {
+                    Ok((cpu, Path::Rseq)) => break cpu as usize,
+                    Ok((_, Path::Fallback)) => panic!("fallback path taken with an rseq area"),
+                    Err(_) => std::thread::yield_now(),
+                }
+            };
+            // SAFETY: we own lock[cpu], which guards data[cpu].
+            unsafe {
+                let d = data.at(cpu);
+                d.write_volatile(d.read_volatile() + 1);
+                AtomicU64::from_ptr(locks.at(cpu)).store(0, Ordering::Release);
+            }
+        });
+        ops2.fetch_add(n, Ordering::Relaxed);
+    });
+    let total: u64 = (0..p.ncpus()).map(|c| unsafe { data.at(c).read_volatile() }).sum();
+    assert_eq!(total, ops.load(Ordering::Relaxed), "index {index:?}");
+    assert!(report.aborts > 0, "no critical section was restarted ({} signals)", report.signals);
+    for c in 0..p.ncpus() {
+        assert_eq!(unsafe { locks.at(c).read() }, 0, "lock {c} left held");
+    }
+}
+
+#[test]
+fn load_compare_store_lock_cpu_id_exact() {
+    lock_exact(Index::CpuId);
+}
+
+#[test]
+fn load_compare_store_lock_mm_cid_exact() {
+    lock_exact(Index::MmCid);
+}
+
+#[test]
+fn load_compare_store_fallback_is_a_cas() {
+    let p = pool();
+    let words: PercpuPtr<u64> = p.alloc(8, 8).unwrap().cast();
+    let fallback: PercpuPtr<AtomicU64> = p.alloc(8, 8).unwrap().cast();
+    // SAFETY: pool memory for every possible CPU.
+    unsafe {
+        let cpu = rseq::fallback::load_compare_store(fallback, 0, 7).expect("0 -> 7");
+        assert_eq!((*fallback.at(cpu as usize)).load(Ordering::Relaxed), 7);
+        assert_eq!(words.at(cpu as usize).read(), 0, "the rseq word was written");
+    }
+}
+
+const CAP: usize = 64;
+
+fn stack() -> PercpuStack {
+    let p = pool();
+    PercpuStack {
+        rseq: p.alloc(PercpuStack::rseq_bytes(CAP), 8).unwrap().cast(),
+        fallback: p.alloc(PercpuStack::fallback_bytes(CAP), 8).unwrap().cast(),
+        cap: CAP,
+    }
+}
+
+/// Everything left on the stacks, read directly once all workers are done.
+fn stack_contents(s: &PercpuStack) -> Vec<u64> {
+    let mut out = Vec::new();
+    for cpu in 0..pool().ncpus() {
+        // SAFETY: quiescent: nobody runs operations on these stacks any more.
+        unsafe {
+            let r = s.rseq.at(cpu);
+            let n = r.read() as usize;
+            assert!(n <= CAP, "cpu {cpu}: count {n} beyond capacity");
+            out.extend((0..n).map(|i| r.add(1 + i).read()));
+            rseq::fallback::drain(s.fallback, cpu, &mut out);
+        }
+    }
+    out
+}
+
+fn stack_conserves_values(index: Index, forced_fallback: bool) {
+    let _serial = serial();
+    let index = index.resolve();
+    let s = stack();
+    let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let held2 = held.clone();
+    let per_thread_values = 200u64;
+    let report = storm(THREADS, STORM, None, move |w| {
+        if forced_fallback {
+            rseq::force_fallback(true);
+        }
+        let mut mine: Vec<u64> = (0..per_thread_values).map(|v| ((w as u64) << 32) | v).collect();
+        let mut x = 0x2545_f491_4f6c_dd1du64 ^ w as u64;
+        let mut buf = [0u64; 16];
+        for_a_while(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // SAFETY: both banks are pool memory sized for every possible CPU and CAP slots.
+            unsafe {
+                match x % 4 {
+                    0 => {
+                        if let Some(v) = mine.pop() {
+                            if let Err(v) = s.push(index, v) {
+                                mine.push(v);
+                            }
+                        }
+                    }
+                    1 => {
+                        if let Some((v, _)) = s.pop(index) {
+                            mine.push(v);
+                        }
+                    }
+                    2 => {
+                        let n = (x >> 8) as usize % 16;
+                        let n = n.min(mine.len());
+                        let from = mine.len() - n;
+                        let (k, _) = s.push_batch(index, &mine[from..]);
+                        mine.drain(from..from + k);
+                    }
+                    _ => {
+                        let n = 1 + (x >> 8) as usize % 16;
+                        let (k, _) = s.pop_batch(index, &mut buf[..n]);
+                        mine.extend_from_slice(&buf[..k]);
+                    }
+                }
+            }
+        });
+        held2.lock().unwrap().extend(mine);
+    });
+    rseq::force_fallback(false);
+    let mut all = held.lock().unwrap().clone();
+    all.extend(stack_contents(&s));
+    let mut count: HashMap<u64, u32> = HashMap::new();
+    for v in &all {
+        *count.entry(*v).or_default() += 1;
+    }
+    let dup: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "values handed out twice: {dup:?}");
+    assert_eq!(all.len() as u64, per_thread_values * THREADS as u64, "values lost");
+    for w in 0..THREADS as u64 {
+        for v in 0..per_thread_values {
+            assert!(count.contains_key(&((w << 32) | v)), "value {w}:{v} lost");
+        }
+    }
+    if forced_fallback {
+        assert!(report.fallback_ops > 0);
+    } else {
+        assert!(report.aborts > 0, "no critical section was restarted ({} signals)", report.signals);
+        assert_eq!(report.fallback_ops, 0, "the rseq path fell back");
+    }
+}
+
+#[test]
+fn stack_push_pop_batch_cpu_id_conserves_values() {
+    stack_conserves_values(Index::CpuId, false);
+}
+
+#[test]
+fn stack_push_pop_batch_mm_cid_conserves_values() {
+    stack_conserves_values(Index::MmCid, false);
+}
+
+#[test]
+fn stack_fallback_conserves_values() {
+    stack_conserves_values(Index::CpuId, true);
+}
+
+#[test]
+fn stack_capacity_and_empty_are_reported() {
+    let _serial = serial();
+    let s = stack();
+    // Pin to one CPU so every operation sees the same copy.
+    let cpu = rseq::topology::allowed_cpus().unwrap()[0];
+    std::thread::spawn(move || {
+        rseq::topology::set_thread_affinity(&[cpu]).unwrap();
+        let index = Index::CpuId;
+        unsafe {
+            assert!(s.pop(index).is_none());
+            let mut buf = [0u64; 4];
+            assert_eq!(s.pop_batch(index, &mut buf).0, 0);
+            let vals: Vec<u64> = (1..=CAP as u64 + 10).collect();
+            assert_eq!(s.push_batch(index, &vals).0, CAP);
+            assert_eq!(s.push(index, 99), Err(99));
+            assert_eq!(s.push_batch(index, &vals).0, 0);
+            assert_eq!(s.pop(index).map(|p| p.0), Some(CAP as u64));
+            let (k, _) = s.pop_batch(index, &mut buf);
+            assert_eq!((k, buf), (4, [CAP as u64 - 4, CAP as u64 - 3, CAP as u64 - 2, CAP as u64 - 1]));
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn rseq_cs_is_cleared_after_every_operation() {
+    let _serial = serial();
+    let c = counter();
+    let area = rseq::ThreadArea::current().expect("this test runs with libc's rseq");
+    c.add(Index::CpuId, 1);
+    let rseq_cs = unsafe { std::ptr::addr_of!((*area.as_ptr()).rseq_cs).read_volatile() };
+    assert_eq!(rseq_cs, 0);
+    let s = stack();
+    unsafe {
+        let _ = s.pop(Index::CpuId);
+        assert_eq!(std::ptr::addr_of!((*area.as_ptr()).rseq_cs).read_volatile(), 0);
+    }
+}
