@@ -1,0 +1,1 @@
+//! Per-CPU statistics counters (in progress).
