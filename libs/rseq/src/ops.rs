@@ -16,7 +16,9 @@ use crate::fallback;
 use crate::percpu::PercpuPtr;
 use crate::stats;
 
-/// Which field of the area indexes a per-CPU structure.
+/// Which field of the area indexes a per-CPU structure. A structure is always indexed the
+/// same way: a thread indexing by CPU and another by concurrency id may hold the same
+/// index at the same time, so mixing them on one structure loses updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Index {
     /// The CPU number: below the number of possible CPUs.
