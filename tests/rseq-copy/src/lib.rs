@@ -44,8 +44,11 @@ pub const MODE_UNAVAILABLE: i32 = 3;
 pub const MODE_DISABLED: i32 = 4;
 
 /// The calling thread's mode as this copy sees it; `errno` receives the registration error.
+///
+/// # Safety
+/// `errno` is NULL or valid for writing.
 #[no_mangle]
-pub extern "C" fn rseqcopy_mode(errno: *mut i32) -> i32 {
+pub unsafe extern "C" fn rseqcopy_mode(errno: *mut i32) -> i32 {
     let (code, e) = match rseq::mode() {
         Mode::LibcOwned => (MODE_LIBC_OWNED, 0),
         Mode::RegisteredByUs => (MODE_REGISTERED_BY_US, 0),
