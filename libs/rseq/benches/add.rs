@@ -1,1 +1,127 @@
-fn main() {}
+//! ns per add, side by side in one run: the rseq path, the fallback path, `fetch_add` on
+//! one shared line, a thread-local increment and a private increment, for 1 and 2 threads.
+//!
+//! `cargo bench -p rseq --bench add` (figures in docs/BENCHMARKS.md). The machines are noisy
+//! guests: compare the ratios within one run, never the absolute numbers across runs.
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use rseq::pool::PercpuPool;
+use rseq::{percpu_add, Index, PercpuPtr};
+
+const OPS: u64 = 20_000_000;
+const REPEATS: usize = 5;
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Private,
+    ThreadLocal,
+    Rseq,
+    Fallback,
+    SharedFetchAdd,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Private => "private increment (floor)",
+            Variant::ThreadLocal => "thread_local! Cell increment",
+            Variant::Rseq => "rseq percpu_add (cpu_id)",
+            Variant::Fallback => "fallback percpu_add (atomic)",
+            Variant::SharedFetchAdd => "AtomicU64::fetch_add, one line",
+        }
+    }
+}
+
+thread_local! {
+    static TL: Cell<u64> = const { Cell::new(0) };
+}
+
+struct Shared {
+    words: PercpuPtr<u64>,
+    fallback: PercpuPtr<AtomicU64>,
+    line: AtomicU64,
+}
+
+fn run_thread(v: Variant, s: &Shared) {
+    match v {
+        Variant::Private => {
+            let mut x = 0u64;
+            for _ in 0..OPS {
+                x = black_box(x) + 1;
+            }
+            black_box(x);
+        }
+        Variant::ThreadLocal => {
+            for _ in 0..OPS {
+                TL.with(|c| c.set(black_box(c.get()) + 1));
+            }
+        }
+        Variant::Rseq | Variant::Fallback => {
+            for _ in 0..OPS {
+                // SAFETY: pool slots sized for every possible CPU.
+                unsafe { percpu_add(Index::CpuId, s.words, s.fallback, black_box(1)) };
+            }
+        }
+        Variant::SharedFetchAdd => {
+            for _ in 0..OPS {
+                s.line.fetch_add(black_box(1), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Median ns per operation per thread over REPEATS runs of `threads` threads.
+fn measure(v: Variant, threads: usize, s: &Arc<Shared>) -> f64 {
+    rseq::force_fallback(matches!(v, Variant::Fallback));
+    let mut samples = Vec::new();
+    for _ in 0..REPEATS {
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let t = Instant::now();
+                    run_thread(v, &s);
+                    t.elapsed().as_nanos() as f64 / OPS as f64
+                })
+            })
+            .collect();
+        let per: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        samples.push(per.iter().sum::<f64>() / per.len() as f64);
+    }
+    rseq::force_fallback(false);
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let pool = Box::leak(Box::new(PercpuPool::new(rseq::pool::DEFAULT_STRIDE).expect("pool")));
+    let s = Arc::new(Shared {
+        words: pool.alloc(8, 8).unwrap().cast(),
+        fallback: pool.alloc(8, 8).unwrap().cast(),
+        line: AtomicU64::new(0),
+    });
+    println!("rseq mode: {}, feature size {}, {} possible CPUs", rseq::mode().name(), rseq::feature_size(), pool.ncpus());
+    println!("median of {REPEATS} runs, {OPS} adds per thread, ns per add per thread");
+    let variants =
+        [Variant::Private, Variant::ThreadLocal, Variant::Rseq, Variant::Fallback, Variant::SharedFetchAdd];
+    println!("{:<34} {:>10} {:>10} {:>14} {:>14}", "variant", "1 thread", "2 threads", "vs rseq (1t)", "vs rseq (2t)");
+    let results: Vec<(Variant, f64, f64)> = variants.iter().map(|&v| (v, measure(v, 1, &s), measure(v, 2, &s))).collect();
+    let (r1, r2) = results.iter().find(|r| matches!(r.0, Variant::Rseq)).map(|r| (r.1, r.2)).unwrap();
+    for (v, t1, t2) in &results {
+        println!("{:<34} {:>10.2} {:>10.2} {:>13.2}x {:>13.2}x", v.name(), t1, t2, t1 / r1, t2 / r2);
+    }
+    // SAFETY: all threads are joined; the slots are pool memory.
+    let total = unsafe { rseq::percpu_sum(s.words, s.fallback, pool.ncpus()) };
+    let expect = 2 * 3 * REPEATS as u64 * OPS;
+    assert_eq!(total, expect, "the benchmarked counter lost updates");
+    println!("check: per-CPU counter sum {total} = every add made (rseq and fallback runs)");
+    let st = rseq::stats();
+    println!("aborts {}, fallback operations {}", st.aborts, st.fallback_ops);
+}

@@ -17,6 +17,8 @@
 
 mod arch;
 pub mod area;
+#[cfg(feature = "asm-check")]
+pub mod asm_check;
 pub mod fallback;
 pub mod membarrier;
 pub mod ops;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need on a fresh Debian machine with rustup.
+set -euo pipefail
+missing=()
+for tool in gcc pkg-config nm make; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  pkgs=()
+  for t in "${missing[@]}"; do
+    case "$t" in
+      gcc|make) pkgs+=(build-essential) ;;
+      pkg-config) pkgs+=(pkg-config) ;;
+      nm) pkgs+=(binutils) ;;
+    esac
+  done
+  echo "installing: ${pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  for i in 1 2 3; do apt-get update -qq && break || sleep 5; done
+  apt-get install -y -qq "${pkgs[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
