@@ -107,12 +107,17 @@ fn main() {
         fallback: pool.alloc(8, 8).unwrap().cast(),
         line: AtomicU64::new(0),
     });
-    println!("rseq mode: {}, feature size {}, {} possible CPUs", rseq::mode().name(), rseq::feature_size(), pool.ncpus());
+    println!(
+        "rseq mode: {}, feature size {}, {} possible CPUs",
+        rseq::mode().name(),
+        rseq::feature_size(),
+        pool.ncpus()
+    );
     println!("median of {REPEATS} runs, {OPS} adds per thread, ns per add per thread");
-    let variants =
-        [Variant::Private, Variant::ThreadLocal, Variant::Rseq, Variant::Fallback, Variant::SharedFetchAdd];
+    let variants = [Variant::Private, Variant::ThreadLocal, Variant::Rseq, Variant::Fallback, Variant::SharedFetchAdd];
     println!("{:<34} {:>10} {:>10} {:>14} {:>14}", "variant", "1 thread", "2 threads", "vs rseq (1t)", "vs rseq (2t)");
-    let results: Vec<(Variant, f64, f64)> = variants.iter().map(|&v| (v, measure(v, 1, &s), measure(v, 2, &s))).collect();
+    let results: Vec<(Variant, f64, f64)> =
+        variants.iter().map(|&v| (v, measure(v, 1, &s), measure(v, 2, &s))).collect();
     let (r1, r2) = results.iter().find(|r| matches!(r.0, Variant::Rseq)).map(|r| (r.1, r.2)).unwrap();
     for (v, t1, t2) in &results {
         println!("{:<34} {:>10.2} {:>10.2} {:>13.2}x {:>13.2}x", v.name(), t1, t2, t1 / r1, t2 / r2);
