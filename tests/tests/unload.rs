@@ -30,13 +30,13 @@ fn unload_and_reload_while_another_copy_runs() {
                 while !stop.load(Ordering::Relaxed) {
                     // The same thread alternates between the two copies.
                     for _ in 0..200 {
-                        stay.add(1, (k + w as u64) % 2 == 0);
+                        stay.add(1, (k + w as u64).is_multiple_of(2));
                         k += 1;
                     }
                     stay_adds.fetch_add(200, Ordering::Relaxed);
                     if let Some(c) = cycling.read().unwrap().as_ref() {
                         for _ in 0..50 {
-                            c.add(1, k % 3 == 0);
+                            c.add(1, k.is_multiple_of(3));
                         }
                         cycle_adds.fetch_add(50, Ordering::Relaxed);
                         assert!(c.rseq_cs_is_clear(), "rseq_cs left set by the cycling copy");
