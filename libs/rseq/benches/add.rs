@@ -19,6 +19,7 @@ const REPEATS: usize = 5;
 #[derive(Clone, Copy)]
 enum Variant {
     Private,
+    PrivateMemory,
     ThreadLocal,
     Rseq,
     Fallback,
@@ -28,7 +29,8 @@ enum Variant {
 impl Variant {
     fn name(self) -> &'static str {
         match self {
-            Variant::Private => "private increment (floor)",
+            Variant::Private => "private increment (register)",
+            Variant::PrivateMemory => "private increment (memory word)",
             Variant::ThreadLocal => "thread_local! Cell increment",
             Variant::Rseq => "rseq percpu_add (cpu_id)",
             Variant::Fallback => "fallback percpu_add (atomic)",
@@ -55,6 +57,17 @@ fn run_thread(v: Variant, s: &Shared) {
                 x = black_box(x) + 1;
             }
             black_box(x);
+        }
+        Variant::PrivateMemory => {
+            // A word only this thread touches, read and written in memory each time, as a
+            // counter is.
+            let mut word = Box::new(0u64);
+            let p: *mut u64 = &mut *word;
+            for _ in 0..OPS {
+                // SAFETY: `p` points to this thread's own live box.
+                unsafe { p.write_volatile(p.read_volatile() + black_box(1)) };
+            }
+            black_box(word);
         }
         Variant::ThreadLocal => {
             for _ in 0..OPS {
@@ -114,7 +127,14 @@ fn main() {
         pool.ncpus()
     );
     println!("median of {REPEATS} runs, {OPS} adds per thread, ns per add per thread");
-    let variants = [Variant::Private, Variant::ThreadLocal, Variant::Rseq, Variant::Fallback, Variant::SharedFetchAdd];
+    let variants = [
+        Variant::Private,
+        Variant::PrivateMemory,
+        Variant::ThreadLocal,
+        Variant::Rseq,
+        Variant::Fallback,
+        Variant::SharedFetchAdd,
+    ];
     println!("{:<34} {:>10} {:>10} {:>14} {:>14}", "variant", "1 thread", "2 threads", "vs rseq (1t)", "vs rseq (2t)");
     let results: Vec<(Variant, f64, f64)> =
         variants.iter().map(|&v| (v, measure(v, 1, &s), measure(v, 2, &s))).collect();
