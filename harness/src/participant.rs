@@ -1,0 +1,259 @@
+//! How the harness uses a library: the [`Participant`] trait, implemented by the counters
+//! adapter and by the generic C plugin adapter, and opening a `.so` by path.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use libloading::os::unix::Library;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{IndexMode, RegMode};
+
+/// How one thread reached an rseq area, as a library reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ThreadMode {
+    /// libc registered the area.
+    LibcOwned,
+    /// The library registered libc's reserved area for this thread.
+    RegisteredByUs,
+    /// Another library had registered it (`EBUSY`).
+    RegisteredByPeer,
+    /// No usable area; `errno` of the registration attempt, 0 when none was made.
+    Unavailable {
+        /// Error of the attempt.
+        errno: i32,
+    },
+    /// The fallback path was forced.
+    Disabled,
+    /// The library did not say (raw code).
+    Unknown(i64),
+}
+
+impl ThreadMode {
+    /// A stable name for reports, e.g. `unavailable(ENOSYS)`.
+    pub fn name(self) -> String {
+        match self {
+            ThreadMode::LibcOwned => "libc-owned".into(),
+            ThreadMode::RegisteredByUs => "registered-by-us".into(),
+            ThreadMode::RegisteredByPeer => "registered-by-peer".into(),
+            ThreadMode::Unavailable { errno: 0 } => "unavailable".into(),
+            ThreadMode::Unavailable { errno } => format!("unavailable({})", errno_name(errno)),
+            ThreadMode::Disabled => "disabled".into(),
+            ThreadMode::Unknown(c) => format!("unknown({c})"),
+        }
+    }
+
+    /// Whether critical sections run in this mode.
+    pub fn is_fast(self) -> bool {
+        matches!(self, ThreadMode::LibcOwned | ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer)
+    }
+
+    /// Whether a library that reports this mode does what the requested registration mode
+    /// promises. `lazy`: the library registers libc's reserved area itself; `forced`: its
+    /// fallback was forced at some point of the run.
+    pub fn allowed(self, mode: RegMode, lazy: bool, forced: bool) -> bool {
+        if self == ThreadMode::Disabled {
+            return forced;
+        }
+        match mode {
+            RegMode::Libc => self == ThreadMode::LibcOwned,
+            RegMode::Reserved => {
+                if lazy {
+                    matches!(self, ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer)
+                } else {
+                    // A library that only uses an area libc registered takes its fallback.
+                    matches!(
+                        self,
+                        ThreadMode::RegisteredByUs
+                            | ThreadMode::RegisteredByPeer
+                            | ThreadMode::Unavailable { errno: 0 }
+                    )
+                }
+            }
+            RegMode::None => match self {
+                ThreadMode::Unavailable { errno } => errno == libc::ENOSYS || (!lazy && errno == 0),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Name of an errno value for reports.
+pub fn errno_name(e: i32) -> String {
+    match e {
+        libc::ENOSYS => "ENOSYS".into(),
+        libc::EINVAL => "EINVAL".into(),
+        libc::EPERM => "EPERM".into(),
+        libc::EBUSY => "EBUSY".into(),
+        libc::EFAULT => "EFAULT".into(),
+        other => format!("errno {other}"),
+    }
+}
+
+/// Counts a library reports about itself (process-wide, since it was loaded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Operations completed.
+    pub ops: u64,
+    /// Critical sections restarted by the kernel.
+    pub aborts: u64,
+    /// Operations on the fallback path.
+    pub fallback_ops: u64,
+    /// Threads for which the library registered libc's reserved area.
+    pub registered_by_us: u64,
+    /// Threads for which a peer had registered it.
+    pub registered_by_peer: u64,
+    /// Threads whose registration failed.
+    pub registration_failures: u64,
+}
+
+impl Counts {
+    /// Field-wise sum.
+    pub fn add(&mut self, o: &Counts) {
+        self.ops += o.ops;
+        self.aborts += o.aborts;
+        self.fallback_ops += o.fallback_ops;
+        self.registered_by_us += o.registered_by_us;
+        self.registered_by_peer += o.registered_by_peer;
+        self.registration_failures += o.registration_failures;
+    }
+}
+
+/// What a successful check established.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOk {
+    /// Individual facts checked (e.g. one exact sum per counter).
+    pub checked: u64,
+    /// A short description.
+    pub what: String,
+}
+
+/// Settings every participant gets at setup.
+#[derive(Clone, Debug)]
+pub struct SetupConfig {
+    /// Per-CPU index the run asks for.
+    pub index: IndexMode,
+    /// Seed of the run.
+    pub seed: u64,
+    /// The library's own configuration from the scenario.
+    pub extra: String,
+}
+
+/// A library as the harness uses it. Implementations are shared by every worker thread.
+pub trait Participant: Send + Sync {
+    /// Short name for reports.
+    fn name(&self) -> &str;
+    /// `counters` or `plugin`.
+    fn kind(&self) -> &'static str;
+    /// One unit of work on the calling thread. `Err` when the unit itself saw an invariant
+    /// break (e.g. a private counter with a wrong sum).
+    fn work(&self, seed: u64) -> Result<(), String>;
+    /// Checks the library's invariants; called only while no `work` of this participant is
+    /// running.
+    fn check(&self) -> Result<CheckOk, String>;
+    /// The library's own counts.
+    fn report(&self) -> Counts;
+    /// The calling thread's mode, as the library sees it.
+    fn thread_mode(&self) -> ThreadMode;
+    /// Whether the library registers libc's reserved area itself.
+    fn registers_lazily(&self) -> bool;
+    /// Forces the library onto its fallback path (`true`) or back; `false` when unsupported.
+    fn force_fallback(&self, on: bool) -> bool;
+    /// Runs in a forked child (only the forking thread exists): exercise the library and
+    /// check it. Called while no `work` of this participant was running at `fork` time when
+    /// [`Participant::fork_needs_quiescence`] says so.
+    fn fork_child(&self, seed: u64) -> Result<CheckOk, String>;
+    /// Whether `fork_child` needs the library quiescent at `fork` time.
+    fn fork_needs_quiescence(&self) -> bool;
+    /// Called (quiescent) right before an unload: records what must survive or vanish.
+    fn before_unload(&self) -> Result<CheckOk, String>;
+    /// Called on a fresh load that follows an unload: what a fresh load must look like.
+    fn fresh_after_reload(&self) -> Result<CheckOk, String>;
+    /// Called (quiescent) before the library is unloaded.
+    fn teardown(&self);
+}
+
+/// `dlopen` flags of a run.
+pub fn dlopen_flags(global: bool) -> i32 {
+    (if global { libc::RTLD_GLOBAL } else { libc::RTLD_LOCAL }) | libc::RTLD_NOW
+}
+
+/// Opens a shared object by path with `flags`, with an error that names the file.
+pub fn open_library(path: &Path, flags: i32) -> Result<Library> {
+    if !path.exists() {
+        return Err(anyhow!(
+            "library {} does not exist (build the workspace's libraries with `cargo build --release --workspace`, \
+             or pass the right path)",
+            path.display()
+        ));
+    }
+    // SAFETY: loading a library runs its initialisers; the libraries under test are the
+    // point of the run, and a broken one is reported as a failure of that file.
+    unsafe { Library::open(Some(path), flags) }.with_context(|| format!("cannot load library {}", path.display()))
+}
+
+/// Which API a shared object exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LibKind {
+    /// `pcounters_*` (libs/counters).
+    Counters,
+    /// `rhp_*` (a harness plugin).
+    Plugin,
+}
+
+/// Looks at a loaded library's exports to tell what it is.
+pub fn detect_kind(lib: &Library, path: &Path) -> Result<LibKind> {
+    // SAFETY: only the presence of the symbols is tested; nothing is called.
+    let has = |name: &[u8]| unsafe { lib.get::<*const libc::c_void>(name).is_ok() };
+    if has(b"rhp_plugin_abi_version\0") {
+        Ok(LibKind::Plugin)
+    } else if has(b"pcounters_create\0") {
+        Ok(LibKind::Counters)
+    } else {
+        Err(anyhow!(
+            "{} exports neither the harness plugin ABI (rhp_plugin_abi_version, see harness/include/rseq_harness_plugin.h) \
+             nor a known library API (pcounters_create)",
+            path.display()
+        ))
+    }
+}
+
+/// Opens `path` and makes a participant of it (setup included).
+pub fn open_participant(path: &Path, flags: i32, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
+    let lib = open_library(path, flags)?;
+    match detect_kind(&lib, path)? {
+        LibKind::Plugin => Ok(Box::new(crate::plugin::PluginAdapter::new(lib, path, cfg)?)),
+        LibKind::Counters => Ok(Box::new(crate::counters::CountersAdapter::new(lib, path, cfg)?)),
+    }
+}
+
+/// Whether a file is still mapped into this process (after `dlclose`).
+pub fn is_mapped(path: &Path) -> bool {
+    let canon: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+    let want = canon.to_string_lossy();
+    maps.lines().any(|l| l.ends_with(want.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_modes() {
+        use ThreadMode::*;
+        assert!(LibcOwned.allowed(RegMode::Libc, true, false));
+        assert!(!RegisteredByUs.allowed(RegMode::Libc, true, false));
+        assert!(!Disabled.allowed(RegMode::Libc, true, false));
+        assert!(Disabled.allowed(RegMode::Libc, true, true));
+        assert!(RegisteredByPeer.allowed(RegMode::Reserved, true, false));
+        assert!(!Unavailable { errno: 0 }.allowed(RegMode::Reserved, true, false));
+        assert!(Unavailable { errno: 0 }.allowed(RegMode::Reserved, false, false));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false));
+        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, true, false));
+        assert!(!Unavailable { errno: 0 }.allowed(RegMode::None, true, false));
+        assert!(!LibcOwned.allowed(RegMode::None, false, false));
+        assert_eq!(Unavailable { errno: libc::ENOSYS }.name(), "unavailable(ENOSYS)");
+    }
+}

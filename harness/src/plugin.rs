@@ -1,0 +1,207 @@
+//! The generic adapter for plugins written against `harness/include/rseq_harness_plugin.h`.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use libloading::os::unix::Library;
+
+use crate::participant::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
+
+/// `RHP_ABI_VERSION` of the header this harness was written against.
+pub const RHP_ABI_VERSION: u32 = 1;
+/// `RHP_FLAG_REGISTERS_RESERVED_AREA`.
+pub const RHP_FLAG_REGISTERS_RESERVED_AREA: u32 = 1;
+
+/// `struct rhp_counts`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RhpCounts {
+    /// Operations completed.
+    pub ops: u64,
+    /// Critical sections restarted.
+    pub aborts: u64,
+    /// Fallback operations.
+    pub fallback_ops: u64,
+    /// Checks performed.
+    pub checks: u64,
+    /// `enum rhp_mode` of the calling thread.
+    pub thread_mode: u32,
+    /// `RHP_FLAG_*`.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub reserved: [u64; 4],
+}
+
+type VersionFn = unsafe extern "C" fn() -> u32;
+type NameFn = unsafe extern "C" fn() -> *const c_char;
+type SetupFn = unsafe extern "C" fn(*const c_char) -> c_int;
+type WorkFn = unsafe extern "C" fn(u64) -> c_int;
+type CheckFn = unsafe extern "C" fn(*mut c_char, usize) -> c_int;
+type ReportFn = unsafe extern "C" fn(*mut RhpCounts);
+type TeardownFn = unsafe extern "C" fn();
+
+/// A loaded plugin. The function pointers stay valid while `_lib` is alive (it is dropped
+/// last, after `teardown`).
+pub struct PluginAdapter {
+    name: String,
+    work: WorkFn,
+    check: CheckFn,
+    report: ReportFn,
+    teardown: TeardownFn,
+    lazy: bool,
+    _lib: Library,
+}
+
+fn symbol<T: Copy>(lib: &Library, path: &Path, name: &str) -> Result<T> {
+    let cname = format!("{name}\0");
+    // SAFETY: the symbol is used with the C type the plugin ABI header gives it.
+    unsafe { lib.get::<T>(cname.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| anyhow!("plugin {} does not export {name} (rseq_harness_plugin.h): {e}", path.display()))
+}
+
+impl PluginAdapter {
+    /// Checks the ABI version, finds every function and runs `rhp_setup`.
+    pub fn new(lib: Library, path: &Path, cfg: &SetupConfig) -> Result<PluginAdapter> {
+        let version: VersionFn = symbol(&lib, path, "rhp_plugin_abi_version")?;
+        // SAFETY: ABI function without arguments.
+        let v = unsafe { version() };
+        if v != RHP_ABI_VERSION {
+            bail!("plugin {} has ABI version {v}; this harness speaks version {RHP_ABI_VERSION}", path.display());
+        }
+        let name_fn: NameFn = symbol(&lib, path, "rhp_plugin_name")?;
+        let setup: SetupFn = symbol(&lib, path, "rhp_setup")?;
+        let work: WorkFn = symbol(&lib, path, "rhp_work")?;
+        let check: CheckFn = symbol(&lib, path, "rhp_check")?;
+        let report: ReportFn = symbol(&lib, path, "rhp_report")?;
+        let teardown: TeardownFn = symbol(&lib, path, "rhp_teardown")?;
+        // SAFETY: the ABI says the name is a constant NUL-terminated string (NULL checked).
+        let name = unsafe {
+            let p = name_fn();
+            if p.is_null() {
+                String::from("plugin")
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let mut config = format!("index={},seed={}", cfg.index.name(), cfg.seed);
+        if !cfg.extra.is_empty() {
+            config.push(',');
+            config.push_str(&cfg.extra);
+        }
+        let config = CString::new(config).map_err(|_| anyhow!("plugin configuration contains a NUL byte"))?;
+        // SAFETY: NUL-terminated string that outlives the call.
+        let r = unsafe { setup(config.as_ptr()) };
+        if r != 0 {
+            bail!("plugin {} ({name}): rhp_setup({:?}) returned {r}", path.display(), config);
+        }
+        let mut counts = RhpCounts::default();
+        // SAFETY: `counts` is a valid, writable `struct rhp_counts`.
+        unsafe { report(&mut counts) };
+        Ok(PluginAdapter {
+            name,
+            work,
+            check,
+            report,
+            teardown,
+            lazy: counts.flags & RHP_FLAG_REGISTERS_RESERVED_AREA != 0,
+            _lib: lib,
+        })
+    }
+
+    fn raw_report(&self) -> RhpCounts {
+        let mut c = RhpCounts::default();
+        // SAFETY: `c` is a valid, writable `struct rhp_counts`; the plugin is loaded.
+        unsafe { (self.report)(&mut c) };
+        c
+    }
+
+    fn raw_check(&self) -> Result<CheckOk, String> {
+        let before = self.raw_report().checks;
+        let mut buf = vec![0u8; 1024];
+        // SAFETY: `buf` is writable for its length; the plugin writes a NUL-terminated message.
+        let r = unsafe { (self.check)(buf.as_mut_ptr().cast(), buf.len()) };
+        if r != 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            let msg = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return Err(if msg.is_empty() { format!("rhp_check returned {r} without a message") } else { msg });
+        }
+        let after = self.raw_report().checks;
+        Ok(CheckOk { checked: after.saturating_sub(before).max(1), what: "rhp_check".into() })
+    }
+}
+
+impl Participant for PluginAdapter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "plugin"
+    }
+
+    fn work(&self, seed: u64) -> Result<(), String> {
+        // SAFETY: ABI function; callable from any thread while the plugin is loaded.
+        let r = unsafe { (self.work)(seed) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(format!("rhp_work(seed {seed}) returned {r}"))
+        }
+    }
+
+    fn check(&self) -> Result<CheckOk, String> {
+        self.raw_check()
+    }
+
+    fn report(&self) -> Counts {
+        let c = self.raw_report();
+        Counts { ops: c.ops, aborts: c.aborts, fallback_ops: c.fallback_ops, ..Counts::default() }
+    }
+
+    fn thread_mode(&self) -> ThreadMode {
+        match self.raw_report().thread_mode {
+            1 => ThreadMode::LibcOwned,
+            2 => ThreadMode::RegisteredByUs,
+            3 => ThreadMode::RegisteredByPeer,
+            4 => ThreadMode::Unavailable { errno: 0 },
+            5 => ThreadMode::Disabled,
+            other => ThreadMode::Unknown(other as i64),
+        }
+    }
+
+    fn registers_lazily(&self) -> bool {
+        self.lazy
+    }
+
+    fn force_fallback(&self, _on: bool) -> bool {
+        false
+    }
+
+    fn fork_child(&self, seed: u64) -> Result<CheckOk, String> {
+        for i in 0..32 {
+            self.work(seed.wrapping_add(i))?;
+        }
+        self.raw_check()
+    }
+
+    fn fork_needs_quiescence(&self) -> bool {
+        true
+    }
+
+    fn before_unload(&self) -> Result<CheckOk, String> {
+        self.raw_check()
+    }
+
+    fn fresh_after_reload(&self) -> Result<CheckOk, String> {
+        // A plugin that stayed mapped keeps its counts; one that went away starts from zero.
+        // Either way its own invariants must hold.
+        self.raw_check()
+    }
+
+    fn teardown(&self) {
+        // SAFETY: ABI function; the harness calls it once, with nothing else of the plugin running.
+        unsafe { (self.teardown)() }
+    }
+}

@@ -1,0 +1,196 @@
+//! The report: summary table for people, JSON for programs, replay files for failures.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::invariants::{Verdict, Violation};
+use crate::run::Job;
+use crate::state::{LogEntry, RunState};
+
+/// The full report of a run (`--json FILE`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Every invariant held.
+    pub passed: bool,
+    /// One verdict per invariant.
+    pub invariants: Vec<Verdict>,
+    /// What broke.
+    pub violations: Vec<Violation>,
+    /// The replay file written for a failure.
+    pub replay_file: Option<PathBuf>,
+    /// Everything the run established.
+    pub state: RunState,
+}
+
+/// What `harness replay FILE` reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplayFile {
+    /// Format version.
+    pub version: u32,
+    /// How to run it again: scenario, libraries, seed, load order and schedule.
+    pub job: Job,
+    /// What broke the first time.
+    pub violations: Vec<Violation>,
+    /// The event log of the failed run.
+    pub log: Vec<LogEntry>,
+}
+
+/// Current replay file format.
+pub const REPLAY_VERSION: u32 = 1;
+
+/// Writes `harness-replay-<seed>.json` into `dir`.
+pub fn write_replay(dir: &Path, job: &Job, violations: &[Violation], log: &[LogEntry]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("harness-replay-{}.json", job.plan.seed));
+    let rf =
+        ReplayFile { version: REPLAY_VERSION, job: job.clone(), violations: violations.to_vec(), log: log.to_vec() };
+    std::fs::write(&path, serde_json::to_string_pretty(&rf)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Reads a replay file.
+pub fn read_replay(path: &Path) -> Result<ReplayFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read replay file {}", path.display()))?;
+    let rf: ReplayFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a harness replay file", path.display()))?;
+    anyhow::ensure!(
+        rf.version == REPLAY_VERSION,
+        "{} has replay format {}, this harness reads {REPLAY_VERSION}",
+        path.display(),
+        rf.version
+    );
+    Ok(rf)
+}
+
+fn pct(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}%", 100.0 * part as f64 / whole as f64)
+    }
+}
+
+fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        format!("{s:<w$}")
+    } else {
+        let t: String = s.chars().take(w.saturating_sub(1)).collect();
+        format!("{t}…")
+    }
+}
+
+/// The summary printed after a run.
+pub fn summary(r: &Report) -> String {
+    let st = &r.state;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n{:<22} {:<9} {:>4} {:>10} {:>12} {:>9} {:>9} {:>7} {:>7}  modes (thread samples)",
+        "library", "kind", "load", "units", "operations", "aborts", "fallback", "checked", "reloads"
+    );
+    let mut libs: Vec<_> = st.libs.iter().collect();
+    libs.sort_by_key(|l| l.load_position);
+    for l in libs {
+        let modes: Vec<String> = l.modes.values().map(|m| format!("{} x{}", m.mode, m.threads)).collect();
+        let facts: u64 = l.checks.iter().map(|c| c.checked).sum();
+        let bad = l.checks.iter().filter(|c| !c.ok).count();
+        let checks = if bad > 0 { format!("{bad} BAD") } else { format!("{facts}") };
+        let _ = writeln!(
+            o,
+            "{:<22} {:<9} {:>4} {:>10} {:>12} {:>9} {:>9} {:>7} {:>7}  {}",
+            fit(&l.name, 22),
+            l.kind,
+            format!("#{}", l.load_position + 1),
+            l.units,
+            l.counts.ops,
+            l.counts.aborts,
+            pct(l.counts.fallback_ops, l.counts.ops),
+            checks,
+            l.reloads.len(),
+            modes.join(", ")
+        );
+    }
+    let forks_ok = st.forks.iter().filter(|f| f.ok).count();
+    let _ = writeln!(
+        o,
+        "\nthreads: {} created, {} alive at most{}{}",
+        st.threads.created,
+        st.threads.max_alive,
+        st.threads.alive_burst.map_or(String::new(), |(want, got)| format!(", burst {got}/{want} alive at once")),
+        if st.threads.spawn_failures > 0 {
+            format!(", {} creations failed", st.threads.spawn_failures)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        o,
+        "signals: {} sent, {} handled; affinity: {} set, {} refused; cpuset: {}",
+        st.signals_sent,
+        st.signals_received,
+        st.affinity_changes.0,
+        st.affinity_changes.1,
+        st.cpus
+            .cpuset_note
+            .clone()
+            .unwrap_or_else(|| format!("{} changes, {} refused", st.cpuset_changes.0, st.cpuset_changes.1))
+    );
+    let _ = writeln!(
+        o,
+        "hotplug ({}): {} offline, {} online{}{}; forks: {}/{} children ok",
+        st.hotplug.name(),
+        st.cpus.offlined,
+        st.cpus.onlined,
+        st.cpus.offline_at_start.map_or(String::new(), |c| format!(", cpu{c} offline at start")),
+        st.cpus.hotplug_note.as_ref().map_or(String::new(), |n| format!(" [{n}]")),
+        forks_ok,
+        st.forks.len()
+    );
+    let _ = writeln!(
+        o,
+        "rseq: mode {} (__rseq_size {}, kernel feature size {}), index {}",
+        st.mode.name(),
+        st.process.libc_size,
+        st.process.kernel_feature_size,
+        st.index.name()
+    );
+    let _ = writeln!(o, "\n{:<18} {:<6} {:>9}  detail", "invariant", "result", "facts");
+    for v in &r.invariants {
+        let _ = writeln!(
+            o,
+            "{:<18} {:<6} {:>9}  {}",
+            v.invariant,
+            if v.ok {
+                "ok"
+            } else if v.message.starts_with("not evaluated") {
+                "-"
+            } else {
+                "BROKEN"
+            },
+            if v.ok { v.count.to_string() } else { "-".into() },
+            v.message
+        );
+    }
+    let secs = st.elapsed_ms as f64 / 1000.0;
+    if r.passed {
+        let _ = writeln!(o, "\nPASS: every invariant held (seed {}, {secs:.1} s)", r.seed);
+    } else {
+        let _ = writeln!(o, "\nFAIL: {} invariant(s) broke (seed {}, {secs:.1} s)", r.violations.len(), r.seed);
+        for v in &r.violations {
+            let _ = writeln!(o, "  {v}");
+        }
+        if let Some(p) = &r.replay_file {
+            let _ = writeln!(o, "replay: harness replay {}", p.display());
+        }
+    }
+    if st.interrupted {
+        let _ = writeln!(o, "(interrupted by a signal before the end of the scenario)");
+    }
+    o
+}

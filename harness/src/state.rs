@@ -1,0 +1,206 @@
+//! Everything a run establishes, as plain data: what the invariants read and what the JSON
+//! report and the replay file hold.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::participant::Counts;
+use crate::scenario::{HotplugMode, IndexMode, RegMode, Scenario};
+
+/// Threads that reported one mode for one library.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModeSeen {
+    /// Mode name (`libc-owned`, `unavailable(ENOSYS)`, ...).
+    pub mode: String,
+    /// Whether critical sections run in this mode.
+    pub fast: bool,
+    /// Whether the requested registration mode allows it for this library.
+    pub allowed: bool,
+    /// Thread samples (one per thread and library incarnation).
+    pub threads: u64,
+    /// Where it was first seen.
+    pub first: String,
+}
+
+/// One invariant check of one library.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    /// Milliseconds after the workers started.
+    pub at_ms: u64,
+    /// `mid-run`, `final`, `before-unload`, `fresh-load`.
+    pub phase: String,
+    /// Whether the invariants held.
+    pub ok: bool,
+    /// Individual facts checked.
+    pub checked: u64,
+    /// What was checked, or what broke.
+    pub message: String,
+}
+
+/// One unload/reload of a library.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadRecord {
+    /// Milliseconds after the workers started.
+    pub at_ms: u64,
+    /// The file was gone from the address space after `dlclose`.
+    pub unmapped: bool,
+    /// Loading it again failed (the library then stays out of the run).
+    pub load_error: Option<String>,
+    /// How long the library was out of the run, ms.
+    pub gap_ms: u64,
+}
+
+/// What the run established about one library.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LibState {
+    /// Name the library gave itself.
+    pub name: String,
+    /// `counters` or `plugin`.
+    pub kind: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Position in the load order (0 first).
+    pub load_position: usize,
+    /// Counts summed over every incarnation.
+    pub counts: Counts,
+    /// Work units the harness ran.
+    pub units: u64,
+    /// Thread modes seen.
+    pub modes: BTreeMap<String, ModeSeen>,
+    /// The library registers libc's reserved area itself.
+    pub lazy: bool,
+    /// Forced fallback periods it went through.
+    pub forced_periods: u64,
+    /// Quiesced checks.
+    pub checks: Vec<CheckRecord>,
+    /// Work units that reported a broken invariant (first few).
+    pub work_errors: Vec<String>,
+    /// Number of such units.
+    pub work_error_count: u64,
+    /// Unload/reload cycles.
+    pub reloads: Vec<ReloadRecord>,
+    /// Unmapped after the final `dlclose` (None: not unloaded).
+    pub final_unmapped: Option<bool>,
+    /// Loaded at the end of the run.
+    pub loaded_at_end: bool,
+}
+
+/// One fork.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForkRecord {
+    /// Milliseconds after the workers started.
+    pub at_ms: u64,
+    /// The child reported success for every library and exited with 0.
+    pub ok: bool,
+    /// The child's verdict lines, or why none came.
+    pub verdict: Vec<String>,
+}
+
+/// CPUs before and after.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuState {
+    /// Online before the run (before any CPU was taken offline).
+    pub initial_online: Vec<u32>,
+    /// Online after the run.
+    pub final_online: Vec<u32>,
+    /// CPU kept offline from the start until mid-run.
+    pub offline_at_start: Option<u32>,
+    /// Successful offline operations.
+    pub offlined: u64,
+    /// Successful online operations.
+    pub onlined: u64,
+    /// CPUs that could not be brought back.
+    pub restore_failures: Vec<String>,
+    /// Why real hotplug was skipped, if it was.
+    pub hotplug_note: Option<String>,
+    /// Why the cpuset disturbance was skipped, if it was.
+    pub cpuset_note: Option<String>,
+}
+
+/// Threads of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreadState {
+    /// Threads created by the harness during the run (workers, churn, bursts).
+    pub created: u64,
+    /// Most of them alive at once.
+    pub max_alive: u64,
+    /// Creations that failed.
+    pub spawn_failures: u64,
+    /// Threads requested / reached in the alive burst.
+    pub alive_burst: Option<(u64, u64)>,
+}
+
+/// One executed (or skipped) event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Planned time, ms.
+    pub at_ms: u64,
+    /// Actual time, ms.
+    pub ran_ms: u64,
+    /// The event, as scheduled.
+    pub event: crate::schedule::Event,
+    /// What happened.
+    pub outcome: String,
+}
+
+/// How the process reached rseq, measured in the run process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRseq {
+    /// `__rseq_size` (0: libc did not register).
+    pub libc_size: u32,
+    /// `__rseq_offset` exists.
+    pub libc_offset_present: bool,
+    /// Result of registering an area of our own in a probe thread: 0, or the errno.
+    pub probe_errno: i32,
+    /// `getauxval(AT_RSEQ_FEATURE_SIZE)`.
+    pub kernel_feature_size: u64,
+}
+
+/// Everything the run established.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Seed of the run.
+    pub seed: u64,
+    /// The scenario (seed filled in).
+    pub scenario: Scenario,
+    /// Registration mode.
+    pub mode: RegMode,
+    /// Index mode.
+    pub index: IndexMode,
+    /// Hotplug flavour in effect.
+    pub hotplug: HotplugMode,
+    /// rseq as the process saw it.
+    pub process: ProcessRseq,
+    /// Per library, in the order of the command line (`load_position` gives the load order).
+    pub libs: Vec<LibState>,
+    /// Forks.
+    pub forks: Vec<ForkRecord>,
+    /// CPUs.
+    pub cpus: CpuState,
+    /// Threads.
+    pub threads: ThreadState,
+    /// Signals sent to workers.
+    pub signals_sent: u64,
+    /// Signals the handler saw.
+    pub signals_received: u64,
+    /// Affinity changes that the kernel accepted / refused.
+    pub affinity_changes: (u64, u64),
+    /// cpuset changes that the kernel accepted / refused.
+    pub cpuset_changes: (u64, u64),
+    /// Panics of harness threads.
+    pub panics: Vec<String>,
+    /// Problems that stop the run from meaning anything (a library failed to load, the run
+    /// process died).
+    pub fatal: Vec<String>,
+    /// Libraries that could not be loaded at the start (the run then does not start).
+    #[serde(default)]
+    pub load_errors: Vec<String>,
+    /// Event log.
+    pub events: Vec<LogEntry>,
+    /// Length of the run, ms.
+    pub elapsed_ms: u64,
+    /// SIGINT/SIGTERM stopped it early.
+    pub interrupted: bool,
+}

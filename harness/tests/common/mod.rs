@@ -1,0 +1,172 @@
+//! Helpers of the harness tests: the built libraries, the C plugins (compiled here with the
+//! system C compiler, outside the Rust build), and running the harness binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde_json::Value;
+
+/// The harness binary under test.
+pub fn harness() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_harness"))
+}
+
+/// Scratch space of the tests (inside the target directory).
+pub fn tmp() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("harness-tests");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+
+/// `libpcounters.so`: `$HARNESS_TEST_PCOUNTERS` when set, else freshly built for the
+/// tests' own profile (`cargo test` alone leaves a dependency's `.so` stale).
+pub fn counters_lib() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| match std::env::var_os("HARNESS_TEST_PCOUNTERS") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_tests::built_library("counters", "libpcounters.so"),
+    })
+    .clone()
+}
+
+/// Compiles a C plugin with `cc -shared -fPIC -O2 -Wall -Wextra -Werror`.
+pub fn build_plugin(src: &Path, name: &str) -> PathBuf {
+    let out = tmp().join(format!("lib{name}.so"));
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let o = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(&include)
+        .arg(src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
+    assert!(o.status.success(), "{cc} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// The example plugin `harness/plugins/percpu_counter.c`, built here.
+pub fn example_plugin() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        build_plugin(&Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/percpu_counter.c"), "percpu_counter")
+    })
+    .clone()
+}
+
+/// The deliberately broken plugin of the failure tests.
+pub fn broken_plugin() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        build_plugin(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins/broken_counter.c"), "broken_counter")
+    })
+    .clone()
+}
+
+/// Runs of the harness in one test binary take turns: each uses the whole (small) machine,
+/// and real hotplug runs must not overlap.
+pub fn turn() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A finished harness run.
+pub struct Run {
+    pub out: Output,
+    pub stdout: String,
+    pub stderr: String,
+    pub report: Option<Value>,
+    pub replay_dir: PathBuf,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+
+    pub fn report(&self) -> &Value {
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no JSON report; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn describe(&self) -> String {
+        format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", self.out.status, self.stdout, self.stderr)
+    }
+
+    /// The library entry of the report whose kind is `kind`.
+    pub fn lib(&self, kind: &str) -> &Value {
+        self.report()["state"]["libs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} library in the report; {}", self.describe()))
+    }
+
+    /// Mode names seen by the library of kind `kind`.
+    pub fn modes(&self, kind: &str) -> Vec<String> {
+        self.lib(kind)["modes"].as_object().unwrap().keys().cloned().collect()
+    }
+}
+
+/// Runs the harness with `args` plus a JSON report, a private replay directory and no
+/// progress output.
+pub fn run(name: &str, args: &[&str]) -> Run {
+    let json = tmp().join(format!("{name}.json"));
+    let replay_dir = tmp().join(format!("{name}-replay"));
+    let _ = std::fs::remove_file(&json);
+    let _ = std::fs::remove_dir_all(&replay_dir);
+    let out = Command::new(harness())
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--replay-dir")
+        .arg(&replay_dir)
+        .arg("--no-progress")
+        .output()
+        .expect("run the harness");
+    let report = std::fs::read(&json).ok().map(|b| serde_json::from_slice(&b).expect("valid JSON report"));
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        out,
+        report,
+        replay_dir,
+    }
+}
+
+/// The usual libraries of a test run: the counters and the example plugin.
+pub fn lib_args() -> Vec<String> {
+    vec![
+        "--lib".into(),
+        counters_lib().display().to_string(),
+        "--plugin".into(),
+        example_plugin().display().to_string(),
+    ]
+}
+
+/// Whether real hotplug can run here (root and a writable CPU online file other than cpu0).
+pub fn real_hotplug_possible() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::fs::read_dir("/sys/devices/system/cpu").is_ok_and(|d| {
+        d.filter_map(|e| e.ok()).any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("cpu")
+                && n != "cpu0"
+                && n[3..].parse::<u32>().is_ok()
+                && std::fs::OpenOptions::new().write(true).open(e.path().join("online")).is_ok()
+        })
+    })
+}
+
+/// The CPUs online now.
+pub fn online() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default().trim().to_string()
+}

@@ -1,0 +1,81 @@
+//! Short scenarios in the three registration modes, every disturbance on (real hotplug when
+//! root and writable, else simulated), the counters next to the example C plugin.
+
+mod common;
+
+use common::*;
+
+fn run_mode(name: &str, mode: &str, index: &str) -> Run {
+    let _t = turn();
+    let before = online();
+    let mut args: Vec<String> = lib_args();
+    args.extend(["--duration", "2", "--mode", mode, "--index", index, "--seed", "12345"].map(String::from));
+    // Every disturbance at least once in two seconds.
+    args.extend(["--fork-rate", "2", "--reload-rate", "1.5", "--hotplug-rate", "1.5"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = run(name, &argv);
+    assert_eq!(online(), before, "CPUs online before and after the run differ");
+    assert_eq!(r.code(), 0, "{}", r.describe());
+    assert!(r.stdout.starts_with("seed: 12345\n"), "the seed is not printed first:\n{}", r.stdout);
+    assert_eq!(r.report()["passed"], true);
+    r
+}
+
+fn common_checks(r: &Run) {
+    let st = &r.report()["state"];
+    let hotplug = st["hotplug"].as_str().unwrap();
+    if real_hotplug_possible() {
+        assert_eq!(hotplug, "real", "{}", r.describe());
+        assert!(st["cpus"]["offlined"].as_u64().unwrap() >= 1, "no CPU went offline: {}", r.describe());
+        assert!(st["cpus"]["offline_at_start"].is_u64(), "no CPU offline at the start");
+    } else {
+        assert_eq!(hotplug, "simulated");
+    }
+    assert!(!st["forks"].as_array().unwrap().is_empty(), "no fork happened");
+    let reloads: usize = st["libs"].as_array().unwrap().iter().map(|l| l["reloads"].as_array().unwrap().len()).sum();
+    assert!(reloads >= 1, "no reload happened");
+    assert!(st["threads"]["created"].as_u64().unwrap() > 100, "little thread churn: {}", st["threads"]);
+    assert!(st["signals_sent"].as_u64().unwrap() > 0);
+    for l in st["libs"].as_array().unwrap() {
+        assert!(l["units"].as_u64().unwrap() > 0, "{} did no work", l["name"]);
+        assert!(!l["checks"].as_array().unwrap().is_empty(), "{} never checked", l["name"]);
+    }
+    // The summary table is there.
+    assert!(r.stdout.contains("PASS: every invariant held"), "{}", r.stdout);
+    assert!(r.stdout.contains("percpu_counter"));
+    assert!(r.stdout.contains("pcounters"));
+}
+
+#[test]
+fn libc_owned_mode() {
+    let r = run_mode("mode-libc", "libc", "cpu_id");
+    common_checks(&r);
+    assert!(r.modes("counters").iter().all(|m| m == "libc-owned" || m == "disabled"), "{:?}", r.modes("counters"));
+    assert_eq!(r.modes("plugin"), vec!["libc-owned"]);
+    assert_eq!(r.lib("plugin")["counts"]["fallback_ops"], 0);
+}
+
+#[test]
+fn reserved_but_unregistered_mode() {
+    let r = run_mode("mode-reserved", "reserved", "mm_cid");
+    common_checks(&r);
+    let m = r.modes("counters");
+    assert!(m.iter().any(|m| m == "registered-by-us"), "{m:?}");
+    assert!(m.iter().all(|m| m.starts_with("registered-by-") || m == "disabled"), "{m:?}");
+    // The example plugin only uses an area that libc registered: it falls back, visibly.
+    assert_eq!(r.modes("plugin"), vec!["unavailable"]);
+    let c = &r.lib("plugin")["counts"];
+    assert_eq!(c["fallback_ops"], c["ops"]);
+}
+
+#[test]
+fn no_rseq_mode() {
+    let r = run_mode("mode-none", "none", "cpu_id");
+    common_checks(&r);
+    let m = r.modes("counters");
+    assert!(m.iter().all(|m| m == "unavailable(ENOSYS)" || m == "disabled"), "{m:?}");
+    let c = &r.lib("counters")["counts"];
+    assert_eq!(c["aborts"], 0);
+    assert!(c["fallback_ops"].as_u64().unwrap() >= c["ops"].as_u64().unwrap());
+    assert_eq!(r.report()["state"]["process"]["probe_errno"], libc::ENOSYS);
+}
