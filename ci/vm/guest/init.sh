@@ -1,0 +1,184 @@
+#!/bin/sh
+# /init of the test VM (busybox). Runs /plan.sh, which the host writes for each boot, and
+# powers off. Human-readable output goes to the console (ttyS0); records for the host go to
+# the data channel (ttyS1), one per line, all starting with "@@ ":
+#   @@ BEGIN <step>             a step starts
+#   @@ END <step> rc=<n> secs=<s>
+#   @@ FACT <key> <value...>    a fact about the guest (kernel, CPUs, ...)
+#   @@ FILE <name>              followed by base64(gzip(file)) lines, then
+#   @@ ENDFILE <name>
+#   @@ HOTADD READY <n>         the host may now add <n> vCPUs through QMP
+#   @@ CPU <event...>           hot-add/online/offline progress
+#   @@ DONE                     the plan ran to its end (no DONE: the guest hung or died)
+# Only this script (never a background job) writes to the data channel, so records and
+# file blocks never interleave.
+
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
+# A v1 cpuset hierarchy for the harness's cpuset disturbance (kernels without cgroup v1
+# cpusets just skip it; the harness reports why).
+if mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null; then
+  mkdir -p /sys/fs/cgroup/cpuset
+  mount -t cgroup -o cpuset cpuset /sys/fs/cgroup/cpuset 2>/dev/null || rmdir /sys/fs/cgroup/cpuset
+fi
+exec 3>/dev/ttyS1
+export HOME=/tmp
+cd /tmp
+
+rec() { echo "@@ $*" >&3; }
+now() { cut -d' ' -f1 /proc/uptime; }
+# secs_since START: seconds (one decimal) since an uptime reading
+secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+sendfile() { # NAME PATH
+  rec "FILE $1"
+  if [ -f "$2" ]; then gzip -c "$2" | base64 >&3; fi
+  rec "ENDFILE $1"
+}
+
+cpu_list() { cat "/sys/devices/system/cpu/$1" 2>/dev/null; }
+
+facts() {
+  rec "FACT kernel $(uname -r)"
+  rec "FACT possible $(cpu_list possible)"
+  rec "FACT present $(cpu_list present)"
+  rec "FACT online $(cpu_list online)"
+  rec "FACT nproc $(nproc)"
+  rec "FACT mem_kib $(awk '/MemTotal/ { print $2 }' /proc/meminfo)"
+  rec "FACT cpuset_v1 $([ -d /sys/fs/cgroup/cpuset ] && echo yes || echo no)"
+  rec "FACT uptime $(now)"
+  dmesg > /tmp/dmesg.boot
+  grep -E 'hotplug CPUs|Table Upgrade|ACPI: (FACP|APIC) |Allowing .* CPUs|smpboot: Total' /tmp/dmesg.boot |
+    sed 's/^\[[ 0-9.]*\] //' | while read -r l; do rec "FACT dmesg $l"; done
+}
+
+# run_step NAME TIMEOUT CMD... : runs CMD with a timeout; output to the console and the host.
+run_step() {
+  name=$1; t=$2; shift 2
+  rec "BEGIN $name"
+  echo "=== [$name] $*"
+  t0=$(now)
+  { timeout -k 5 "$t" "$@"; echo $? > /tmp/rc; } 2>&1 | tee "/tmp/out.$name"
+  rc=$(cat /tmp/rc)
+  [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$name] TIMEOUT after $t s"
+  sendfile "out.$name" "/tmp/out.$name"
+  [ -f "/tmp/json.$name" ] && sendfile "json.$name" "/tmp/json.$name"
+  rec "END $name rc=$rc secs=$(secs_since "$t0")"
+  echo "=== [$name] rc=$rc"
+}
+
+# Largest VmHWM (KiB) of the processes called NAME, sampled every second into FILE.
+rss_sampler() { # NAME FILE
+  max=0
+  while :; do
+    for s in /proc/[0-9]*/status; do
+      v=$(awk -v n="$1" '$1 == "Name:" && $2 != n { exit } $1 == "VmHWM:" { print $2 }' "$s" 2>/dev/null)
+      [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+    done
+    echo "$max" > "$2"
+    sleep 1
+  done
+}
+
+# Per-CPU busy ticks (user+nice+system) from /proc/stat, "cpuN ticks" per line.
+cpu_ticks() { awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 }' /proc/stat; }
+
+# hotadd_step NAME TIMEOUT NEW SETTLE CYCLES CMD... : CMD (the harness) runs in the
+# background; after SETTLE seconds the host is told to add NEW vCPUs; each one that appears
+# is brought online; then every added CPU goes offline and online CYCLES times.
+hotadd_step() {
+  name=$1; t=$2; new=$3; settle=$4; cycles=$5; shift 5
+  rec "BEGIN $name"
+  echo "=== [$name] hot-add $new vCPUs during: $*"
+  t0=$(now)
+  cpu_ticks > /tmp/ticks0
+  initial=$(cpu_list present)
+  rss_sampler harness "/tmp/rss.$name" &
+  rss_pid=$!
+  ( timeout -k 5 "$t" "$@" > "/tmp/out.$name" 2>&1; echo $? > /tmp/rc ) &
+  run_pid=$!
+  sleep "$settle"
+  rec "HOTADD READY $new"
+  echo "=== [$name] host may add $new vCPUs (present: $initial)"
+  added=""
+  deadline=$(awk -v a="$(now)" -v n="$new" 'BEGIN { printf "%d", a + 20 + 6 * n }')
+  while :; do
+    for d in /sys/devices/system/cpu/cpu[0-9]*; do
+      c=${d##*/cpu}
+      [ -f "$d/online" ] || continue
+      case " $added " in *" $c "*) continue ;; esac
+      if [ "$(cat "$d/online")" = 0 ]; then
+        if echo 1 > "$d/online" 2>/dev/null; then r=ok; else r=failed; fi
+        added="$added $c"
+        rec "CPU online cpu$c $r t=$(secs_since "$t0") online=$(cpu_list online)"
+        echo "=== [$name] cpu$c appeared, online: $r"
+      fi
+    done
+    n=$(echo $added | wc -w)
+    [ "$n" -ge "$new" ] && break
+    if [ "$(awk -v d="$deadline" -v n="$(now)" 'BEGIN { print (n > d) }')" = 1 ]; then
+      rec "CPU timeout $n of $new appeared"
+      break
+    fi
+    kill -0 $run_pid 2>/dev/null || { rec "CPU payload-exited $n of $new appeared"; break; }
+    usleep 200000
+  done
+  i=0
+  while [ "$i" -lt "$cycles" ] && kill -0 $run_pid 2>/dev/null; do
+    for c in $added; do
+      f=/sys/devices/system/cpu/cpu$c/online
+      r=ok
+      echo 0 > "$f" 2>/dev/null || r=busy
+      usleep 300000
+      echo 1 > "$f" 2>/dev/null || r="$r,online-failed"
+      rec "CPU cycle cpu$c $r t=$(secs_since "$t0")"
+    done
+    i=$((i + 1))
+  done
+  # Bring back anything the cycles or the harness left offline, then wait for the payload.
+  for c in $added; do echo 1 > "/sys/devices/system/cpu/cpu$c/online" 2>/dev/null; done
+  wait $run_pid
+  rc=$(cat /tmp/rc)
+  cpu_ticks > /tmp/ticks1
+  kill $rss_pid 2>/dev/null
+  rec "FACT rss_kib.$name $(cat "/tmp/rss.$name" 2>/dev/null)"
+  rec "FACT online_after.$name $(cpu_list online)"
+  awk 'NR == FNR { a[$1] = $2; next } { print "@@ FACT ticks." n " " $1 " " $2 - a[$1] }' n="$name" \
+    /tmp/ticks0 /tmp/ticks1 >&3
+  cat "/tmp/out.$name"
+  sendfile "out.$name" "/tmp/out.$name"
+  [ -f "/tmp/json.$name" ] && sendfile "json.$name" "/tmp/json.$name"
+  rec "END $name rc=$rc secs=$(secs_since "$t0")"
+  echo "=== [$name] rc=$rc"
+}
+
+# harness_step NAME TIMEOUT HARNESS-ARGS... : a harness run with its RSS and per-CPU ticks.
+harness_step() {
+  name=$1; shift
+  cpu_ticks > /tmp/ticks0
+  rss_sampler harness "/tmp/rss.$name" &
+  rss_pid=$!
+  run_step "$name" "$@"
+  kill $rss_pid 2>/dev/null
+  cpu_ticks > /tmp/ticks1
+  rec "FACT rss_kib.$name $(cat "/tmp/rss.$name" 2>/dev/null)"
+  awk 'NR == FNR { a[$1] = $2; next } { print "@@ FACT ticks." n " " $1 " " $2 - a[$1] }' n="$name" \
+    /tmp/ticks0 /tmp/ticks1 >&3
+}
+
+dump_acpi() {
+  for t in FACP APIC; do sendfile "acpi.$t" "/sys/firmware/acpi/tables/$t"; done
+}
+
+echo "=== guest up at $(now) s: $(uname -r), CPUs online $(cpu_list online), possible $(cpu_list possible)"
+rec "BOOTED"
+facts
+. /plan.sh
+rec "DONE"
+echo "=== guest done at $(now) s"
+sync
+poweroff -f

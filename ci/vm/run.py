@@ -1,0 +1,1127 @@
+#!/usr/bin/env python3
+"""Kernel matrix: runs the libs/rseq tests and the harness inside qemu (TCG) guests booted on
+Debian's 6.1, 6.12 and 7.3 cloud kernels, with true vCPU hot-add through QMP and, with --full,
+16 and 32 vCPUs. Python 3 standard library only. See ci/vm/README.md.
+
+Per kernel, one boot with `-smp 2,maxcpus=8`:
+  1. every libs/rseq test binary (`--test-threads=2`);
+  2. a harness run, index cpu_id, real hotplug inside the guest;
+  3. a harness run, index mm_cid, during which the host adds vCPUs one by one (QMP device_add),
+     the guest brings each online and then takes the added CPUs offline and online again.
+With --full, per kernel, one boot each with `-smp 16` and `-smp 32`: harness runs with as many
+threads as CPUs, cpu_id and mm_cid.
+
+Exit status: 0 when every kernel passed, 1 when one failed, 2 when the run could not start
+(a kernel package that could not be fetched, a build that failed, no qemu).
+"""
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import gzip
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import acpi  # noqa: E402
+
+DEBIAN = os.environ.get("RSEQ_VM_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_SECURITY = os.environ.get("RSEQ_VM_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+class Kernel:
+    def __init__(self, series, pattern, note):
+        self.series = series
+        self.pattern = re.compile(pattern)
+        self.note = note
+
+
+# Newest package of each series in the private apt configuration (bookworm-security and
+# trixie-backports). The 7.3 "linux-image-…" name is a meta package: the image is in
+# "linux-binary-…".
+KERNELS = {
+    "6.1": Kernel("6.1", r"^linux-image-6\.1\.0-\d+-cloud-amd64$", "no mm_cid (rseq feature size 0)"),
+    "6.12": Kernel("6.12", r"^linux-image-6\.12\.\d+\+deb12-cloud-amd64$", "LTS, mm_cid (feature size 28)"),
+    "7.3": Kernel("7.3", r"^linux-binary-7\.3\.\d+\+deb13-cloud-amd64$", "reworked rseq of 6.19+"),
+}
+
+ATTEMPTS = 3
+BACKOFF = (5, 15)
+
+
+class Fatal(Exception):
+    """The run cannot go on (exit status 2)."""
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def retry(what, fn):
+    """fn() up to ATTEMPTS times with a growing pause; re-raises the last error."""
+    for i in range(ATTEMPTS):
+        try:
+            return fn()
+        except (subprocess.CalledProcessError, OSError) as e:
+            err = e
+            if i + 1 < ATTEMPTS:
+                pause = BACKOFF[min(i, len(BACKOFF) - 1)]
+                log(f"  {what}: attempt {i + 1}/{ATTEMPTS} failed ({short_err(e)}); again in {pause} s")
+                time.sleep(pause)
+    raise err
+
+
+def short_err(e):
+    if isinstance(e, subprocess.CalledProcessError):
+        tail = (e.stderr or b"")
+        if isinstance(tail, bytes):
+            tail = tail.decode(errors="replace")
+        tail = " | ".join(tail.strip().splitlines()[-2:])
+        return f"exit {e.returncode}{': ' + tail if tail else ''}"
+    return str(e)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel packages: fetched with apt-get download through a private apt configuration, unpacked
+# with dpkg-deb, never installed. Cached (vmlinuz + config) under CACHE/kernels.
+
+
+class KernelCache:
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.apt = cache / "apt"
+        self.kdir = cache / "kernels"
+        self.updated = None  # None: not tried; True/False: apt-get update result
+        self.update_error = ""
+
+    def apt_opts(self):
+        a = self.apt
+        return [
+            "-o", f"Dir::Etc::SourceList={a}/sources.list",
+            "-o", f"Dir::Etc::SourceParts={a}/sources.list.d",
+            "-o", f"Dir::Etc::Preferences={a}/preferences",
+            "-o", f"Dir::Etc::PreferencesParts={a}/preferences.d",
+            "-o", f"Dir::State={a}/state",
+            "-o", f"Dir::State::Lists={a}/lists",
+            "-o", f"Dir::State::status={a}/status",
+            "-o", f"Dir::Cache={a}/cache",
+            "-o", "Debug::NoLocking=1",
+            "-o", "APT::Architecture=amd64",
+            "-o", "APT::Architectures::=amd64",
+            "-o", "Acquire::Languages=none",
+            "-o", "Acquire::Retries=2",
+            "-o", "Acquire::http::Timeout=30",
+        ]
+
+    def setup(self):
+        a = self.apt
+        for d in ("sources.list.d", "preferences.d", "state", "lists/partial", "cache/archives/partial"):
+            (a / d).mkdir(parents=True, exist_ok=True)
+        (a / "status").touch()
+        (a / "preferences").touch()
+        (a / "sources.list").write_text(
+            f"deb [signed-by={KEYRING}] {DEBIAN_SECURITY} bookworm-security main\n"
+            f"deb [signed-by={KEYRING}] {DEBIAN} trixie-backports main\n"
+        )
+
+    def update(self):
+        if self.updated is not None:
+            return self.updated
+        self.setup()
+        log("kernels: apt-get update (private configuration: bookworm-security, trixie-backports)")
+        try:
+            retry("apt-get update", lambda: run(
+                ["apt-get", *self.apt_opts(), "--error-on=any", "-qq", "update"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            self.updated = True
+        except (subprocess.CalledProcessError, OSError) as e:
+            self.updated = False
+            self.update_error = short_err(e)
+        return self.updated
+
+    def newest(self, k: Kernel):
+        out = subprocess.run(["apt-cache", *self.apt_opts(), "pkgnames", "linux-"],
+                             capture_output=True, text=True, check=True).stdout
+        names = [n for n in out.split() if k.pattern.match(n)]
+        if not names:
+            return None
+        return max(names, key=lambda n: [int(x) for x in re.findall(r"\d+", n)])
+
+    def cached(self, k: Kernel):
+        """Newest cached kernel of the series, or None."""
+        best = None
+        for info in self.kdir.glob("*/info.json"):
+            try:
+                d = json.loads(info.read_text())
+            except (OSError, ValueError):
+                continue
+            if d.get("series") == k.series and (info.parent / "vmlinuz").is_file():
+                key = [int(x) for x in re.findall(r"\d+", d["package"] + "_" + d["version"])]
+                if best is None or key > best[0]:
+                    best = (key, d, info.parent)
+        return best
+
+    def get(self, k: Kernel):
+        """Path of vmlinuz and the package facts; raises Fatal naming the package."""
+        self.kdir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache / "lock", "w") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            return self._get(k)
+
+    def _get(self, k: Kernel):
+        fallback = self.cached(k)
+        if not self.update():
+            if fallback:
+                _, d, p = fallback
+                log(f"  WARNING: apt-get update failed ({self.update_error}); using the cached "
+                    f"{d['package']} {d['version']}")
+                return p / "vmlinuz", d
+            raise Fatal(f"kernel {k.series}: cannot fetch the package index for "
+                        f"{k.pattern.pattern} ({self.update_error}) and nothing is cached")
+        name = self.newest(k)
+        if name is None:
+            if fallback:
+                _, d, p = fallback
+                log(f"  WARNING: no package matches {k.pattern.pattern} any more; using the cached "
+                    f"{d['package']} {d['version']}")
+                return p / "vmlinuz", d
+            raise Fatal(f"kernel {k.series}: no package matching {k.pattern.pattern} in "
+                        "bookworm-security or trixie-backports")
+        uris = subprocess.run(["apt-get", *self.apt_opts(), "download", "--print-uris", name],
+                              capture_output=True, text=True)
+        m = re.search(r"'(\S+)' (\S+\.deb) (\d+) (\S+)", uris.stdout)
+        if uris.returncode != 0 or not m:
+            raise Fatal(f"kernel {k.series}: cannot locate package {name}: {uris.stderr.strip()}")
+        url, debname, size = m.group(1), m.group(2), int(m.group(3))
+        version = debname.split("_")[1].replace("%3a", ":")
+        dest = self.kdir / debname[: -len(".deb")]
+        if (dest / "vmlinuz").is_file() and (dest / "info.json").is_file():
+            return dest / "vmlinuz", json.loads((dest / "info.json").read_text())
+        log(f"kernels: downloading {name} {version} ({size / 1e6:.0f} MB)")
+        tmp = self.kdir / "tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        t0 = time.time()
+        try:
+            retry(f"apt-get download {name}", lambda: run(
+                ["apt-get", *self.apt_opts(), "-qq", "download", name],
+                cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        except (subprocess.CalledProcessError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if fallback:
+                _, d, p = fallback
+                log(f"  WARNING: cannot download {name} {version} ({short_err(e)}); using the cached "
+                    f"{d['package']} {d['version']}")
+                return p / "vmlinuz", d
+            raise Fatal(f"kernel {k.series}: cannot download package {name} {version} from {url} "
+                        f"after {ATTEMPTS} attempts: {short_err(e)}")
+        deb = next(tmp.glob("*.deb"))
+        part = self.kdir / (dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        release = extract_kernel(deb, part)
+        if release is None:
+            raise Fatal(f"kernel {k.series}: {debname} holds no vmlinuz (boot/vmlinuz-* or "
+                        "usr/lib/modules/*/vmlinuz)")
+        info = {"series": k.series, "package": name, "version": version, "release": release,
+                "deb": debname, "url": url, "fetched": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (part / "info.json").write_text(json.dumps(info, indent=1))
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"  {release}: {time.time() - t0:.1f} s")
+        return dest / "vmlinuz", info
+
+
+def extract_kernel(deb: Path, dest: Path):
+    """Copies the kernel image (and its config when the package has it) out of a kernel .deb
+    into dest/vmlinuz and dest/config; returns the kernel release or None."""
+    p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    release = None
+    with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            n = m.name.lstrip("./")
+            mb = re.fullmatch(r"boot/(vmlinuz|config)-(.+)", n)
+            mm = re.fullmatch(r"usr/lib/modules/([^/]+)/(vmlinuz|config)", n)
+            if mb:
+                kind, rel = mb.group(1), mb.group(2)
+            elif mm:
+                kind, rel = mm.group(2), mm.group(1)
+            else:
+                continue
+            with tf.extractfile(m) as src, open(dest / kind, "wb") as out:
+                shutil.copyfileobj(src, out)
+            if kind == "vmlinuz":
+                release = rel
+    p.wait()
+    return release if p.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------------------------
+# Payload: the harness, every project library (cdylibs under libs/), the harness plugins and
+# the libs/rseq test binaries, with the loader and the shared libraries they use.
+
+
+class Payload:
+    def __init__(self):
+        self.harness = None
+        self.libs = []  # project cdylibs
+        self.plugins = []
+        self.tests = []  # (name, path)
+
+
+def cargo_json(args):
+    p = subprocess.run(["cargo", *args, "--message-format=json"], cwd=ROOT, stdout=subprocess.PIPE)
+    if p.returncode != 0:
+        raise Fatal(f"cargo {' '.join(args)} failed")
+    return [json.loads(line) for line in p.stdout.decode().splitlines() if line.startswith("{")]
+
+
+def build_payload(profile, work: Path) -> Payload:
+    meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"],
+                                     cwd=ROOT, capture_output=True, check=True).stdout)
+    libpkgs = []
+    for p in meta["packages"]:
+        if Path(p["manifest_path"]).resolve().is_relative_to(ROOT / "libs") and any(
+                "cdylib" in t["kind"] for t in p["targets"]):
+            libpkgs.append(p["name"])
+    prof = ["--release"] if profile == "release" else []
+    pkgs = [a for n in ["harness", *libpkgs] for a in ("-p", n)]
+    log(f"build: cargo build {' '.join(prof + pkgs)}")
+    pl = Payload()
+    for m in cargo_json(["build", *prof, *pkgs]):
+        if m.get("reason") != "compiler-artifact":
+            continue
+        if m["target"]["name"] == "harness" and m.get("executable"):
+            pl.harness = Path(m["executable"])
+        elif "cdylib" in m["target"]["kind"] and m["package_id"].split("#")[0].find("/libs/") >= 0:
+            pl.libs += [Path(f) for f in m["filenames"] if f.endswith(".so")]
+    log(f"build: cargo test {' '.join(prof)} -p rseq --no-run")
+    for m in cargo_json(["test", *prof, "-p", "rseq", "--no-run"]):
+        if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+            pl.tests.append((m["target"]["name"], Path(m["executable"])))
+    if not pl.harness or not pl.tests:
+        raise Fatal("build: the harness or the rseq test binaries were not produced")
+    plugdir = ROOT / "harness" / "plugins"
+    if (plugdir / "Makefile").is_file() and shutil.which("cc"):
+        out = work / "plugins"
+        log(f"build: make -C harness/plugins OUT={out}")
+        run(["make", "-s", "-C", str(plugdir), f"OUT={out}"])
+        pl.plugins = sorted(out.glob("*.so"))
+    return pl
+
+
+def ldd(path: Path):
+    out = subprocess.run(["ldd", str(path)], capture_output=True, text=True).stdout
+    deps = []
+    for line in out.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)", line)
+        if m:
+            deps.append(m.group(1))
+    return deps
+
+
+class Cpio:
+    """newc archive writer."""
+
+    def __init__(self, f):
+        self.f = f
+        self.ino = 1
+        self.dirs = set()
+
+    def _entry(self, name, mode, data=b"", nlink=1):
+        name = name.lstrip("/")
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0))
+        self.ino += 1
+        buf = hdr.encode() + name.encode() + b"\0"
+        buf += b"\0" * (-len(buf) % 4)
+        self.f.write(buf)
+        self.f.write(data)
+        self.f.write(b"\0" * (-len(data) % 4))
+
+    def mkdir(self, path):
+        parts = Path(path.lstrip("/")).parts
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in self.dirs:
+                self.dirs.add(d)
+                self._entry(d, 0o040755, nlink=2)
+
+    def file(self, path, data: bytes, mode=0o644):
+        parent = os.path.dirname(path.lstrip("/"))
+        if parent:
+            self.mkdir(parent)
+        self._entry(path, 0o100000 | mode, data)
+
+    def symlink(self, path, target):
+        if os.path.dirname(path.lstrip("/")):
+            self.mkdir(os.path.dirname(path.lstrip("/")))
+        self._entry(path, 0o120777, target.encode())
+
+    def close(self):
+        self._entry("TRAILER!!!", 0)
+        self.f.write(b"\0" * (-self.f.tell() % 512))
+
+
+def stripped(path: Path, stage: Path) -> bytes:
+    """The file without its debug sections (the payload is read into guest RAM)."""
+    if shutil.which("objcopy"):
+        dst = stage / path.name
+        if subprocess.run(["objcopy", "--strip-debug", str(path), str(dst)]).returncode == 0:
+            return dst.read_bytes()
+    return path.read_bytes()
+
+
+def build_initramfs(pl: Payload, work: Path) -> Path:
+    """The base initramfs (busybox, /init, payload, loader and libraries)."""
+    stage = work / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    busybox = shutil.which("busybox")
+    if not busybox or "not a dynamic" not in subprocess.run(["ldd", busybox], capture_output=True,
+                                                            text=True).stdout + subprocess.run(
+            ["ldd", busybox], capture_output=True, text=True).stderr:
+        raise Fatal("a static busybox is needed (apt-get install busybox-static)")
+    out = work / "payload.cpio"
+    elfs = []
+    with open(out, "wb") as f:
+        c = Cpio(f)
+        for d in ("dev", "proc", "sys", "tmp", "bin", "sbin", "usr/bin", "usr/sbin", "payload/bin",
+                  "payload/lib", "payload/plugins", "payload/tests"):
+            c.mkdir(d)
+        c.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
+        c.symlink("bin/sh", "busybox")
+        c.file("init", (HERE / "guest" / "init.sh").read_bytes(), 0o755)
+        c.file("plan.sh", b"echo 'no plan'\n")
+        c.file("payload/bin/harness", stripped(pl.harness, stage), 0o755)
+        elfs.append(pl.harness)
+        for lib in pl.libs:
+            c.file(f"payload/lib/{lib.name}", stripped(lib, stage), 0o755)
+            elfs.append(lib)
+        for p in pl.plugins:
+            c.file(f"payload/plugins/{p.name}", stripped(p, stage), 0o755)
+            elfs.append(p)
+        for name, t in pl.tests:
+            c.file(f"payload/tests/{name}", stripped(t, stage), 0o755)
+            elfs.append(t)
+        deps = sorted({d for e in elfs for d in ldd(e)})
+        for d in deps:
+            c.file(d, Path(d).resolve().read_bytes(), 0o755)
+        c.close()
+    shutil.rmtree(stage, ignore_errors=True)
+    log(f"initramfs: {out.stat().st_size / 1e6:.1f} MB ({len(elfs)} payload files; "
+        f"{', '.join(os.path.basename(d) for d in deps)})")
+    return out
+
+
+def small_cpio(files) -> bytes:
+    import io
+    b = io.BytesIO()
+    c = Cpio(b)
+    for path, data, mode in files:
+        c.file(path, data, mode)
+    c.close()
+    return b.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# QEMU and QMP
+
+
+class Qmp:
+    def __init__(self, path: Path, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(str(path))
+                break
+            except OSError:
+                self.s.close()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.s.settimeout(30)
+        self.buf = b""
+        self._read()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        while b"\n" not in self.buf:
+            d = self.s.recv(65536)
+            if not d:
+                raise OSError("QMP connection closed")
+            self.buf += d
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.s.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = self._read()
+            if "event" in r:
+                continue
+            if "error" in r:
+                raise RuntimeError(f"QMP {name}: {r['error'].get('desc', r['error'])}")
+            return r.get("return")
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.s.close()
+
+
+class Guest:
+    """One boot: qemu with the console and the data channel in files, QMP on a socket."""
+
+    def __init__(self, name, vmlinuz, initrd, smp, maxcpus, mem, rundir: Path, verbose=False):
+        self.name = name
+        self.dir = rundir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.console = self.dir / "console.log"
+        self.data = self.dir / "data.log"
+        self.sock = self.dir / "qmp.sock"
+        for p in (self.console, self.data, self.sock):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.cmd = [
+            "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-m", mem,
+            "-smp", f"{smp},maxcpus={maxcpus}" if maxcpus != smp else str(smp),
+            "-kernel", str(vmlinuz), "-initrd", str(initrd),
+            "-append", "console=ttyS0 panic=-1 loglevel=5",
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", f"file:{self.console}", "-serial", f"file:{self.data}",
+            "-qmp", f"unix:{self.sock},server=on,wait=off",
+        ]
+        self.verbose = verbose
+        self.proc = None
+        self.qmp = None
+        self.t0 = None
+
+    def start(self):
+        (self.dir / "qemu-cmd.txt").write_text(shlex.join(self.cmd) + "\n")
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(self.cmd, stdout=open(self.dir / "qemu.out", "wb"), stderr=subprocess.STDOUT)
+        self.qmp = Qmp(self.sock)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp.cmd("quit")
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.qmp:
+            self.qmp.close()
+
+
+def tail(path: Path, n=40):
+    try:
+        lines = path.read_bytes().decode(errors="replace").replace("\r", "").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+class DataReader:
+    """Incremental parser of the guest's data channel."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pos = 0
+        self.partial = b""
+        self.records = []
+        self.files = {}
+        self._file = None
+        self._chunks = []
+
+    def poll(self):
+        new = []
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return new
+        self.pos += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace").strip("\r")
+            if line.startswith("@@ "):
+                rec = line[3:]
+                if rec.startswith("FILE "):
+                    self._file, self._chunks = rec[5:], []
+                elif rec.startswith("ENDFILE "):
+                    blob = "".join(self._chunks)
+                    try:
+                        self.files[self._file] = gzip.decompress(base64.b64decode(blob)) if blob else b""
+                    except (ValueError, OSError, EOFError) as e:
+                        self.files[self._file] = f"(undecodable: {e})".encode()
+                    self._file = None
+                else:
+                    self.records.append((time.time(), rec))
+                    new.append(rec)
+            elif self._file is not None:
+                self._chunks.append(line.strip())
+        return new
+
+
+class ConsoleStreamer:
+    def __init__(self, path: Path, prefix):
+        self.path, self.prefix, self.pos, self.partial = path, prefix, 0, b""
+
+    def poll(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self.pos += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for raw in lines:
+            print(f"{self.prefix} {raw.decode(errors='replace').rstrip()}", flush=True)
+
+
+def hot_add(guest: Guest, n, interval, events):
+    """Adds n vCPUs through QMP, one every `interval` seconds (runs in a thread)."""
+    try:
+        slots = guest.qmp.cmd("query-hotpluggable-cpus")
+        free = [s for s in slots if not s.get("qom-path")]
+        free.sort(key=lambda s: tuple(s["props"].get(k, 0) for k in ("socket-id", "core-id", "thread-id")))
+        events.append((time.time(), f"{len(free)} free vCPU slots"))
+        for i, s in enumerate(free[:n]):
+            args = {"driver": s["type"], "id": f"hotcpu{i}", **s["props"]}
+            try:
+                guest.qmp.cmd("device_add", **args)
+                events.append((time.time(), f"device_add {json.dumps(s['props'], sort_keys=True)} ok"))
+            except (RuntimeError, OSError) as e:
+                events.append((time.time(), f"device_add {json.dumps(s['props'], sort_keys=True)} FAILED: {e}"))
+            time.sleep(interval)
+    except (RuntimeError, OSError) as e:
+        events.append((time.time(), f"QMP FAILED: {e}"))
+
+
+def boot(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, timeout, verbose, hotadd_interval=2.0):
+    """Boots, follows the data channel, does the hot-add when asked; returns the boot's facts."""
+    g = Guest(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, verbose)
+    dr = DataReader(g.data)
+    cs = ConsoleStreamer(g.console, f"[{name}]") if verbose else None
+    res = {"name": name, "smp": smp, "maxcpus": maxcpus, "hotadd_events": [], "done": False}
+    g.start()
+    booted_at = None
+    adder = None
+    status = "timeout"
+    try:
+        while True:
+            for rec in dr.poll():
+                if rec == "BOOTED" and booted_at is None:
+                    booted_at = time.time()
+                elif rec.startswith("HOTADD READY"):
+                    n = int(rec.split()[2])
+                    adder = threading.Thread(target=hot_add, args=(g, n, hotadd_interval, res["hotadd_events"]),
+                                             daemon=True)
+                    adder.start()
+                elif rec == "DONE":
+                    res["done"] = True
+            if cs:
+                cs.poll()
+            if g.proc.poll() is not None:
+                status = "exited"
+                break
+            if time.time() - g.t0 > timeout:
+                status = "timeout"
+                break
+            time.sleep(0.2)
+    finally:
+        if adder:
+            adder.join(timeout=10)
+        g.stop()
+        dr.poll()
+        if cs:
+            cs.poll()
+    res["status"] = status
+    res["wall_s"] = round(time.time() - g.t0, 1)
+    res["boot_s"] = round(booted_at - g.t0, 1) if booted_at else None
+    res["records"] = [r for _, r in dr.records]
+    res["record_times"] = [round(t - g.t0, 1) for t, _ in dr.records]
+    res["files"] = dr.files
+    res["hotadd_events"] = [(round(t - g.t0, 1), e) for t, e in res["hotadd_events"]]
+    res["console_tail"] = tail(g.console, 60)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# ACPI override for the hot-add layout
+
+
+def qemu_version():
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def acpi_override(cache: Path, work: Path, base: Path, vmlinuz, smp, maxcpus, verbose):
+    """The early cpio with the patched FACP and APIC for this layout (cached per layout)."""
+    key = f"qemu-{qemu_version()}-pc-smp{smp}-max{maxcpus}"
+    d = cache / "acpi" / key
+    out = d / "override.cpio"
+    if out.is_file():
+        return out, json.loads((d / "info.json").read_text())
+    log(f"acpi: first boot to read QEMU's tables for -smp {smp},maxcpus={maxcpus}")
+    rundir = work / "acpi-dump"
+    initrd = rundir / "initrd"
+    rundir.mkdir(parents=True, exist_ok=True)
+    with open(initrd, "wb") as f:
+        with open(base, "rb") as b:
+            shutil.copyfileobj(b, f)
+        f.write(small_cpio([("plan.sh", b"dump_acpi\n", 0o644)]))
+    r = boot("acpi-dump", vmlinuz, initrd, smp, maxcpus, "512M", rundir, 120, verbose)
+    fadt, madt = r["files"].get("acpi.FACP"), r["files"].get("acpi.APIC")
+    if not r["done"] or not fadt or not madt:
+        raise Fatal(f"acpi: could not read the tables from the guest ({r['status']}):\n{r['console_tail']}")
+    new_fadt = acpi.patch_fadt(fadt)
+    new_madt, marked = acpi.patch_madt(madt)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "FACP.orig").write_bytes(fadt)
+    (d / "APIC.orig").write_bytes(madt)
+    info = {"layout": key, "fadt": f"{len(fadt)} bytes rev {fadt[8]} -> {len(new_fadt)} bytes rev 6.3",
+            "madt": f"rev {madt[8]} -> 5, online-capable on {marked} disabled local APIC entries",
+            "dump_boot_s": r["wall_s"]}
+    tmp = d / "override.cpio.tmp"
+    tmp.write_bytes(small_cpio([("kernel/firmware/acpi/FACP.aml", new_fadt, 0o644),
+                                ("kernel/firmware/acpi/APIC.aml", new_madt, 0o644)]))
+    (d / "info.json").write_text(json.dumps(info, indent=1))
+    tmp.rename(out)
+    log(f"acpi: {info['fadt']}; MADT {info['madt']} ({r['wall_s']} s)")
+    return out, info
+
+
+# --------------------------------------------------------------------------------------------
+# Plans
+
+
+def harness_cmd(pl: Payload, name, args, seed):
+    cmd = ["/payload/bin/harness", "--no-default-libs", "--no-progress", "--replay-dir", "/tmp",
+           "--json", f"/tmp/json.{name}"]
+    for lib in pl.libs:
+        cmd += ["--lib", f"/payload/lib/{lib.name}"]
+    for p in pl.plugins:
+        cmd += ["--plugin", f"/payload/plugins/{p.name}"]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
+    return cmd + args
+
+
+def main_plan(pl: Payload, o):
+    """Boot 1 of every kernel: rseq tests, a harness run, a harness run with hot-add."""
+    lines = []
+    for name, _ in pl.tests:
+        lines.append(shlex.join(["run_step", f"rseq.{name}", str(o.test_timeout),
+                                 f"/payload/tests/{name}", "--test-threads=2"]))
+    d = o.duration
+    lines.append(shlex.join(["harness_step", "harness.cpu_id", str(int(d * 3 + 60)),
+                             *harness_cmd(pl, "harness.cpu_id",
+                                          ["--index", "cpu_id", "--hotplug", "real", "--threads", "4",
+                                           "--duration", str(d)], o.seed)]))
+    if o.hotadd > 0:
+        # settle, then one vCPU every interval, then the offline/online cycles, then a tail
+        hd = max(o.hotadd_duration, o.settle + o.hotadd * o.hotadd_interval + 8)
+        lines.append(shlex.join(["hotadd_step", "harness.hotadd", str(int(hd * 3 + 60)), str(o.hotadd),
+                                 str(o.settle), str(o.cycles),
+                                 *harness_cmd(pl, "harness.hotadd",
+                                              ["--index", "mm_cid", "--hotplug", "real", "--threads",
+                                               str(o.maxcpus), "--duration", str(hd)], o.seed)]))
+    return "\n".join(lines) + "\n"
+
+
+def many_plan(pl: Payload, o, n):
+    lines = []
+    for index in ("cpu_id", "mm_cid"):
+        name = f"harness.smp{n}.{index}"
+        lines.append(shlex.join(["harness_step", name, str(int(o.many_duration * 6 + 120)),
+                                 *harness_cmd(pl, name, ["--index", index, "--hotplug", "real", "--threads",
+                                                         str(n), "--duration", str(o.many_duration)], o.seed)]))
+    if o.many_tests:
+        for name, _ in pl.tests:
+            lines.append(shlex.join(["run_step", f"rseq.smp{n}.{name}", str(o.test_timeout * 3),
+                                     f"/payload/tests/{name}", "--test-threads=2"]))
+    return "\n".join(lines) + "\n"
+
+
+def plan_budget(plan: str):
+    """Sum of the guest-side step timeouts in a plan."""
+    total = 0
+    for line in plan.splitlines():
+        w = shlex.split(line)
+        if w and w[0] in ("run_step", "harness_step", "hotadd_step"):
+            total += int(w[2])
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+def parse_kv(records, prefix):
+    out = {}
+    for r in records:
+        if r.startswith(prefix + " "):
+            k, _, v = r[len(prefix) + 1:].partition(" ")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def evaluate(boot_res, kernel_info, expect_hotadd):
+    """Turns one boot's records into steps with verdicts."""
+    recs = boot_res["records"]
+    facts = parse_kv(recs, "FACT")
+    steps = []
+    cur = None
+    for r in recs:
+        if r.startswith("BEGIN "):
+            cur = {"name": r[6:], "rc": None, "secs": None, "problems": [], "notes": []}
+            steps.append(cur)
+        elif r.startswith("END ") and cur:
+            m = re.match(r"END (\S+) rc=(\S+) secs=(\S+)", r)
+            if m:
+                cur["rc"] = int(m.group(2)) if m.group(2).lstrip("-").isdigit() else m.group(2)
+                cur["secs"] = float(m.group(3))
+    files = boot_res["files"]
+    for s in steps:
+        out = files.get(f"out.{s['name']}", b"").decode(errors="replace")
+        s["output_tail"] = "\n".join(out.splitlines()[-40:])
+        if s["rc"] is None:
+            s["problems"].append("did not finish (guest hung or died)")
+        elif s["rc"] in (143, 137):
+            s["problems"].append("timed out in the guest")
+        elif s["rc"] != 0:
+            s["problems"].append(f"exit status {s['rc']}")
+        if s["name"].startswith("rseq."):
+            res = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed; (\d+) ignored", out)
+            s["notes"].append("; ".join(f"{p} passed, {f} failed, {i} ignored" for _, p, f, i in res) or "no result")
+            s["summary"] = "\n".join(ln for ln in out.splitlines() if ln.startswith(("test ", "failures", "---- ")) and
+                                     ("FAILED" in ln or "panicked" in ln or ln.startswith("----")))
+        if s["name"].startswith("harness."):
+            rep = None
+            raw = files.get(f"json.{s['name']}")
+            if raw:
+                try:
+                    rep = json.loads(raw)
+                except ValueError:
+                    s["problems"].append("the JSON report is not JSON")
+            else:
+                s["problems"].append("no JSON report")
+            m = re.search(r"\nlibrary .*", out, re.S)
+            s["summary"] = m.group(0).strip("\n") if m else "\n".join(out.splitlines()[-30:])
+            if rep:
+                harness_facts(s, rep, facts)
+            rss = facts.get(f"rss_kib.{s['name']}")
+            if rss and rss[0].strip().isdigit():
+                s["rss_kib"] = int(rss[0])
+            ticks = {}
+            for v in facts.get(f"ticks.{s['name']}", []):
+                c, t = v.split()
+                ticks[int(c[3:])] = int(t)
+            s["ticks"] = ticks
+            if s["name"].endswith(".hotadd") and expect_hotadd:
+                hotadd_checks(s, boot_res, facts, rep, expect_hotadd)
+    if not boot_res["done"]:
+        problem = "the guest " + ("timed out" if boot_res["status"] == "timeout" else "stopped") + \
+                  " before the end of its plan"
+        steps.append({"name": "guest", "rc": None, "problems": [problem], "notes": [],
+                      "output_tail": boot_res["console_tail"]})
+    return steps, facts
+
+
+def harness_facts(s, rep, facts):
+    st = rep["state"]
+    p = st["process"]
+    fs = p["kernel_feature_size"]
+    s["rseq"] = {"libc_size": p["libc_size"], "feature_size": fs, "node_id": fs >= 24, "mm_cid": fs >= 28,
+                 "mode": st["mode"], "index": st["index"]}
+    s["libs"] = {l["name"]: sorted(m["mode"] for m in l["modes"].values()) for l in st["libs"]}
+    s["seed"] = rep["seed"]
+    idx = st["index"]
+    if idx == "mm_cid" and fs < 28:
+        s["notes"].append(f"index mm_cid asked, kernel feature size {fs}: no mm_cid, the libraries' checks "
+                          "accepted their fall-back to cpu_id")
+    if not rep["passed"]:
+        s["problems"].append("harness: " + "; ".join(str(v) for v in rep["violations"])[:400])
+    notes = [st["cpus"].get("hotplug_note"), st["cpus"].get("cpuset_note")]
+    s["notes"] += [n for n in notes if n]
+
+
+def hotadd_checks(s, boot_res, facts, rep, expect):
+    initial = boot_res["smp"]
+    ev = boot_res["hotadd_events"]
+    s["hotadd_events"] = ev
+    ok_adds = sum(1 for _, e in ev if e.startswith("device_add") and e.endswith(" ok"))
+    onl = parse_kv(boot_res["records"], "CPU")
+    onlined = [v.split()[0] for v in onl.get("online", []) if v.split()[1] == "ok"]
+    cycles = onl.get("cycle", [])
+    cycles_ok = sum(1 for c in cycles if c.split()[1] == "ok")
+    s["notes"].append(f"QMP device_add: {ok_adds}/{expect} ok; guest brought online: {', '.join(onlined) or 'none'}; "
+                      f"offline/online cycles in the guest: {cycles_ok}/{len(cycles)} clean")
+    if ok_adds < expect:
+        s["problems"].append(f"only {ok_adds} of {expect} vCPUs were added ({'; '.join(e for _, e in ev)})")
+    if len(onlined) < expect:
+        s["problems"].append(f"only {len(onlined)} of {expect} added vCPUs came online in the guest")
+    added = sorted(int(c[3:]) for c in onlined)
+    busy = {c: s["ticks"].get(c, 0) for c in added}
+    s["added_cpu_ticks"] = busy
+    worked = [c for c, t in busy.items() if t > 0]
+    s["notes"].append("busy ticks on added CPUs during the run: " +
+                      (", ".join(f"cpu{c} {t}" for c, t in busy.items()) or "none"))
+    if added and not worked:
+        s["problems"].append("no work ran on the added CPUs")
+    if rep:
+        st = rep["state"]
+        pinned = 0
+        offl = 0
+        for e in st["events"]:
+            out = e.get("outcome", "")
+            m = re.match(r"thread \d+ -> (\S+)$", out)
+            if m and any(c >= initial for c in cpu_list(m.group(1))):
+                pinned += 1
+            m = re.match(r"cpu(\d+) offline$", out)
+            if m and int(m.group(1)) >= initial:
+                offl += 1
+        s["pinned_to_added"] = pinned
+        s["notes"].append(f"harness: {pinned} affinity changes put threads on added CPUs; "
+                          f"it took added CPUs offline {offl} times; online at the end "
+                          f"{','.join(map(str, st['cpus']['final_online']))}")
+        if added and pinned == 0:
+            s["problems"].append("the harness never pinned a thread to an added CPU")
+
+
+def cpu_list(s):
+    out = []
+    for part in s.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += range(int(a), int(b) + 1)
+        elif part.strip().isdigit():
+            out.append(int(part))
+    return out
+
+
+def print_kernel(kr):
+    log("")
+    log("=" * 100)
+    info = kr.get("package", {})
+    verdict = "PASS" if kr["passed"] else "FAIL"
+    log(f"KERNEL {kr['series']}: {verdict}   {info.get('release', '?')} ({info.get('package', '?')} "
+        f"{info.get('version', '?')})")
+    for b in kr["boots"]:
+        f = b["facts"]
+        log(f"  boot {b['name']}: -smp {b['smp']},maxcpus={b['maxcpus']}: {b['status']}, boot {b['boot_s']} s, "
+            f"total {b['wall_s']} s; possible {f.get('possible', ['?'])[0]}, online {f.get('online', ['?'])[0]}"
+            + (f"; {b['acpi']}" if b.get("acpi") else ""))
+        for d in f.get("dmesg", []):
+            if "hotplug CPUs" in d or "Table Upgrade" in d:
+                log(f"    dmesg: {d}")
+        for s in b["steps"]:
+            mark = "ok  " if not s["problems"] else "FAIL"
+            extra = []
+            if s.get("secs") is not None:
+                extra.append(f"{s['secs']} s")
+            if "rss_kib" in s:
+                extra.append(f"max RSS {s['rss_kib'] / 1024:.1f} MiB")
+            log(f"    [{mark}] {s['name']} ({', '.join(extra)})")
+            if "rseq" in s:
+                r = s["rseq"]
+                log(f"           rseq: __rseq_size {r['libc_size']}, AT_RSEQ_FEATURE_SIZE {r['feature_size']} "
+                    f"(node_id {'yes' if r['node_id'] else 'no'}, mm_cid {'yes' if r['mm_cid'] else 'no'}), "
+                    f"registration {r['mode']}, index asked {r['index']}")
+                log("           library modes: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in s["libs"].items()))
+            for n in s["notes"]:
+                log(f"           {n}")
+            for p in s["problems"]:
+                log(f"           PROBLEM: {p}")
+            if s["problems"] and s.get("output_tail"):
+                log("           --- tail ---")
+                for line in s["output_tail"].splitlines()[-25:]:
+                    log(f"           | {line}")
+        harness_summaries = [s for s in b["steps"] if s["name"].startswith("harness.") and s.get("summary")]
+        for s in harness_summaries[:1] if kr["passed"] else harness_summaries:
+            log(f"    harness summary ({s['name']}):")
+            for line in s["summary"].splitlines():
+                log(f"      {line}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--short", action="store_true", help="CI mode: short harness runs (about 20 s of payload "
+                    "per kernel), hot-add to 8 vCPUs, no 16/32 vCPU boots")
+    ap.add_argument("--full", action="store_true", help="also boot every kernel with -smp 16 and -smp 32")
+    ap.add_argument("--kernels", default="6.1,6.12,7.3", help="comma-separated series [%(default)s]")
+    ap.add_argument("--smp", type=int, default=2, help="vCPUs at boot for the hot-add boot [%(default)s]")
+    ap.add_argument("--maxcpus", type=int, default=8, help="vCPU slots for the hot-add boot [%(default)s]")
+    ap.add_argument("--many", default="16,32", help="-smp values of the --full boots [%(default)s]")
+    ap.add_argument("--duration", type=float, help="seconds of the plain harness run [short 6, else 20]")
+    ap.add_argument("--hotadd-duration", type=float, help="seconds of the hot-add harness run (at least "
+                    "what the hot-add needs) [short 0, else 40]")
+    ap.add_argument("--hotadd-interval", type=float, default=1.5, help="seconds between two device_add "
+                    "[%(default)s]")
+    ap.add_argument("--settle", type=float, default=3, help="seconds of harness run before the first hot-add "
+                    "[%(default)s]")
+    ap.add_argument("--cycles", type=int, help="offline/online rounds over the added CPUs [short 1, else 3]")
+    ap.add_argument("--no-hotadd", action="store_true", help="no vCPU hot-add")
+    ap.add_argument("--many-duration", type=float, default=10, help="seconds of each 16/32-vCPU harness run "
+                    "[%(default)s]")
+    ap.add_argument("--many-tests", action="store_true", help="also run the rseq tests in the 16/32-vCPU boots")
+    ap.add_argument("--test-timeout", type=int, default=240, help="guest-side limit per rseq test binary "
+                    "[%(default)s]")
+    ap.add_argument("--seed", help="harness seed for every run (default: a new one each run, printed)")
+    ap.add_argument("--profile", choices=("release", "debug"), default="release", help="cargo profile "
+                    "[%(default)s]")
+    ap.add_argument("--acpi-override", choices=("auto", "always", "never"), default="auto",
+                    help="ACPI table override for hot-add: auto = on the hot-add boot of every kernel "
+                    "[%(default)s]")
+    ap.add_argument("--cache", default=os.environ.get("RSEQ_VM_CACHE", "/var/cache/rseq-vm"),
+                    help="kernel and ACPI cache, kept between runs [%(default)s]")
+    ap.add_argument("--work", default=str(ROOT / "target" / "vm"), help="work directory [%(default)s]")
+    ap.add_argument("--json", help="write every result as JSON to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the per-boot initrds (logs are always kept)")
+    ap.add_argument("--verbose", "-v", action="store_true", help="stream the guests' consoles")
+    o = ap.parse_args()
+    if o.short and o.full:
+        ap.error("--short and --full exclude each other")
+    o.duration = o.duration if o.duration is not None else (6 if o.short else 20)
+    o.hotadd_duration = o.hotadd_duration if o.hotadd_duration is not None else (0 if o.short else 40)
+    o.cycles = o.cycles if o.cycles is not None else (1 if o.short else 3)
+    o.hotadd = 0 if o.no_hotadd else o.maxcpus - o.smp
+    if o.seed is not None:
+        o.seed = int(o.seed, 0)
+    series = [s.strip() for s in o.kernels.split(",") if s.strip()]
+    for s in series:
+        if s not in KERNELS:
+            ap.error(f"unknown kernel series {s} (known: {', '.join(KERNELS)})")
+    many = [int(x) for x in o.many.split(",")] if o.full else []
+    try:
+        return run_all(o, series, many)
+    except Fatal as e:
+        log(f"\nFATAL: {e}")
+        return 2
+
+
+def run_all(o, series, many):
+    t_all = time.time()
+    for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "cargo"):
+        if not shutil.which(tool):
+            raise Fatal(f"{tool} is missing (ci/vm/run.sh installs the host packages)")
+    cache, work = Path(o.cache), Path(o.work)
+    cache.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    t = time.time()
+    kc = KernelCache(cache)
+    kernels = {}
+    for s in series:
+        kernels[s] = kc.get(KERNELS[s])
+    timings["kernels_s"] = round(time.time() - t, 1)
+
+    t = time.time()
+    pl = build_payload(o.profile, work)
+    timings["build_s"] = round(time.time() - t, 1)
+    t = time.time()
+    base = build_initramfs(pl, work)
+    timings["initramfs_s"] = round(time.time() - t, 1)
+
+    override = None
+    if o.hotadd > 0 and o.acpi_override != "never":
+        t = time.time()
+        override = acpi_override(cache, work, base, kernels[series[0]][0], o.smp, o.maxcpus, o.verbose)
+        timings["acpi_s"] = round(time.time() - t, 1)
+
+    results = []
+    for s in series:
+        vml, info = kernels[s]
+        kr = {"series": s, "package": info, "boots": []}
+        layouts = [("main", o.smp, o.maxcpus, main_plan(pl, o))] + \
+                  [(f"smp{n}", n, n, many_plan(pl, o, n)) for n in many]
+        for bname, smp, maxcpus, plan in layouts:
+            rundir = work / s / bname
+            rundir.mkdir(parents=True, exist_ok=True)
+            initrd = rundir / "initrd"
+            acpi_note = None
+            with open(initrd, "wb") as f:
+                if bname == "main" and override and (o.acpi_override == "always" or o.acpi_override == "auto"):
+                    f.write(override[0].read_bytes())
+                    acpi_note = "ACPI override: FADT 6.3, MADT 5 online-capable"
+                with open(base, "rb") as b:
+                    shutil.copyfileobj(b, f)
+                f.write(small_cpio([("plan.sh", plan.encode(), 0o644)]))
+            (rundir / "plan.sh").write_text(plan)
+            budget = 30 + 2 * smp + plan_budget(plan) + 60
+            mem = "1G" if smp <= 8 else "2G"
+            log(f"\n== {s}: boot {bname} (-smp {smp},maxcpus={maxcpus}, limit {budget} s) {info['release']}")
+            r = boot(f"{s}/{bname}", vml, initrd, smp, maxcpus, mem, rundir, budget, o.verbose,
+                     o.hotadd_interval)
+            hot = o.hotadd if bname == "main" else 0
+            steps, facts = evaluate(r, info, hot)
+            b = {"name": bname, "smp": smp, "maxcpus": maxcpus, "status": r["status"], "boot_s": r["boot_s"],
+                 "wall_s": r["wall_s"], "facts": facts, "steps": steps, "acpi": acpi_note,
+                 "hotadd_events": r["hotadd_events"], "records": r["records"]}
+            (rundir / "result.json").write_text(json.dumps(b, indent=1, default=str))
+            for name, data in r["files"].items():
+                if name.startswith(("json.", "out.")):
+                    (rundir / name).write_bytes(data)
+            kr["boots"].append(b)
+            bad = [st["name"] for st in steps if st["problems"]]
+            log(f"   {'PASS' if not bad else 'FAIL: ' + ', '.join(bad)} (boot {r['boot_s']} s, total {r['wall_s']} s)")
+            if not o.keep:
+                initrd.unlink()
+        kr["passed"] = all(not st["problems"] for b in kr["boots"] for st in b["steps"])
+        kr["wall_s"] = round(sum(b["wall_s"] for b in kr["boots"]), 1)
+        results.append(kr)
+
+    for kr in results:
+        print_kernel(kr)
+    timings["total_s"] = round(time.time() - t_all, 1)
+    log("")
+    log("=" * 100)
+    for kr in results:
+        log(f"{kr['series']:>5}  {'PASS' if kr['passed'] else 'FAIL'}  {kr['package'].get('release', '?'):<32} "
+            + "  ".join(f"{b['name']} {b['wall_s']} s (boot {b['boot_s']} s)" for b in kr["boots"]))
+    log("host: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    ok = all(kr["passed"] for kr in results)
+    log(f"VM MATRIX: {'PASS' if ok else 'FAIL'}")
+    if o.json:
+        Path(o.json).write_text(json.dumps({"passed": ok, "timings": timings, "kernels": results}, indent=1,
+                                           default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
