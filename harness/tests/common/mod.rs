@@ -21,7 +21,6 @@ pub fn tmp() -> PathBuf {
     d
 }
 
-
 /// `libpcounters.so`: `$HARNESS_TEST_PCOUNTERS` when set, else freshly built for the
 /// tests' own profile (`cargo test` alone leaves a dependency's `.so` stale).
 pub fn counters_lib() -> PathBuf {

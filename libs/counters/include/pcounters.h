@@ -6,11 +6,11 @@
  *
  * OVERVIEW
  *
- *   A counter is a named signed 64-bit sum. Adding to it is one restartable-sequence
- *   (rseq) per-CPU add: no atomic instruction, no lock, no shared cache line, about the
- *   cost of incrementing a private variable plus a function call. Reading it sums one
- *   word pair per *possible* CPU, so a read costs the same with 10 or 10,000 threads, and
- *   threads cost no memory at all (there is no per-thread state to register or free).
+ *   A counter is a named signed 64-bit sum. Adding to it is a handle check and one
+ *   restartable-sequence (rseq) per-CPU add: no atomic instruction, no lock, no cache line
+ *   shared between CPUs. Reading it sums one word pair per *possible* CPU, so a read costs
+ *   the same with 10 or 10,000 threads, and threads cost no memory: there is no per-thread
+ *   counter state to register or free.
  *
  *     pcounters_counter requests;
  *     if (pcounters_create("http_requests_total", PCOUNTERS_INDEX_CPU_ID, &requests) != PCOUNTERS_OK)
