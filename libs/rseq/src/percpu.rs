@@ -21,6 +21,7 @@ impl<T> Copy for PercpuPtr<T> {}
 // SAFETY: a PercpuPtr is an address and a stride; what may be done through it is
 // decided by the unsafe operations that dereference it.
 unsafe impl<T> Send for PercpuPtr<T> {}
+// SAFETY: as for Send: sharing the address itself is harmless.
 unsafe impl<T> Sync for PercpuPtr<T> {}
 
 impl<T> PercpuPtr<T> {
