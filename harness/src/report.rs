@@ -86,6 +86,31 @@ fn fit(s: &str, w: usize) -> String {
 }
 
 /// The summary printed after a run.
+/// Work per CPU (sampled), CPUs that appeared during the run, memory.
+fn cpu_lines(c: &crate::state::CpuState) -> String {
+    let total: u64 = c.work_by_cpu.iter().sum();
+    let mut work = String::new();
+    for (cpu, n) in c.work_by_cpu.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let share = if total == 0 { 0.0 } else { *n as f64 * 100.0 / total as f64 };
+        let _ = write!(work, " cpu{cpu} {share:.0}%");
+    }
+    let mut o = format!(
+        "work by cpu (sampled):{}{}",
+        if work.is_empty() { " none recorded".to_string() } else { work },
+        if c.possible.is_empty() { String::new() } else { format!(" (of {} possible)", c.possible.len()) }
+    );
+    for note in &c.cpu_notes {
+        let _ = write!(o, "\nadded during the run: {note}");
+    }
+    let _ = write!(
+        o,
+        "\nmemory: rss {:.1} MiB at the end, peak {:.1} MiB",
+        c.rss_kib as f64 / 1024.0,
+        c.peak_rss_kib as f64 / 1024.0
+    );
+    o
+}
+
 pub fn summary(r: &Report) -> String {
     let st = &r.state;
     let mut o = String::new();
@@ -154,12 +179,14 @@ pub fn summary(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "rseq: mode {} (__rseq_size {}, kernel feature size {}), index {}",
+        "rseq: mode {} (__rseq_size {}, kernel feature size {}, mm_cid {}), index {}",
         st.mode.name(),
         st.process.libc_size,
         st.process.kernel_feature_size,
+        if st.process.kernel_feature_size >= 28 { "present" } else { "absent" },
         st.index.name()
     );
+    let _ = writeln!(o, "{}", cpu_lines(&st.cpus));
     let _ = writeln!(o, "\n{:<18} {:<6} {:>9}  detail", "invariant", "result", "facts");
     for v in &r.invariants {
         let _ = writeln!(

@@ -35,6 +35,12 @@ pub struct Job {
     pub progress: bool,
 }
 
+/// One work unit in this many is attributed to the CPU it ran on.
+const WORK_SAMPLE: u64 = 32;
+
+/// How often the engine looks for CPUs that came online outside the harness, ms.
+const CPU_SCAN_MS: u64 = 100;
+
 struct Loaded {
     p: Box<dyn Participant>,
     incarnation: u32,
@@ -88,6 +94,10 @@ struct Ctx {
     start: Instant,
     stop: AtomicBool,
     workers: Mutex<Vec<i32>>,
+    /// Work units per CPU, sampled (see `WORK_SAMPLE`).
+    work_by_cpu: Vec<AtomicU64>,
+    /// Every CPU seen online during the run.
+    seen_online: Mutex<BTreeSet<u32>>,
     excluded: Mutex<BTreeSet<u32>>,
     cpuset_cpus: Mutex<Option<Vec<u32>>>,
     created: AtomicU64,
@@ -134,7 +144,13 @@ impl Ctx {
                 ));
             }
         }
-        slot.units.fetch_add(1, Ordering::Relaxed);
+        let done = slot.units.fetch_add(1, Ordering::Relaxed);
+        if done % WORK_SAMPLE == 0 {
+            // Which CPU does the work: sampled, so the cost stays off the work itself.
+            if let Some(c) = rseq::topology::current_cpu().and_then(|c| self.work_by_cpu.get(c as usize)) {
+                c.fetch_add(WORK_SAMPLE, Ordering::Relaxed);
+            }
+        }
         if *seen != l.incarnation {
             *seen = l.incarnation;
             let m = l.p.thread_mode();
@@ -398,6 +414,11 @@ struct Engine {
     hotplug: HotplugMode,
     hotplug_note: Option<String>,
     last_offlined: Option<u32>,
+    /// Online when the run started (before the harness took any CPU offline).
+    initial_online: Vec<u32>,
+    /// CPUs first seen online during the run, and what was done about them.
+    added_during_run: Vec<u32>,
+    cpu_notes: Vec<String>,
     initial_offline: Option<u32>,
     first_offline: Option<u32>,
     cpuset: Option<cpu::Cpuset>,
@@ -411,6 +432,14 @@ struct Engine {
     cpuset_changes: (u64, u64),
     bursts: Vec<JoinHandle<(u64, u64)>>,
     log_file: Option<std::fs::File>,
+}
+
+/// A `kB` field of /proc/self/status (0 when absent).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Runs a job in this process and returns what it established.
@@ -466,6 +495,8 @@ pub fn run_job(job: Job) -> RunState {
         start: Instant::now(),
         stop: AtomicBool::new(false),
         workers: Mutex::new(Vec::new()),
+        work_by_cpu: (0..rseq::topology::nr_possible_cpus()).map(|_| AtomicU64::new(0)).collect(),
+        seen_online: Mutex::new(BTreeSet::new()),
         excluded: Mutex::new(BTreeSet::new()),
         cpuset_cpus: Mutex::new(None),
         created: AtomicU64::new(0),
@@ -480,6 +511,9 @@ pub fn run_job(job: Job) -> RunState {
         hotplug,
         hotplug_note,
         last_offlined: None,
+        initial_online: initial_online.clone(),
+        added_during_run: Vec::new(),
+        cpu_notes: Vec::new(),
         initial_offline: None,
         first_offline: None,
         cpuset: None,
@@ -678,6 +712,12 @@ pub fn run_job(job: Job) -> RunState {
             restore_failures,
             hotplug_note: eng.hotplug_note.clone(),
             cpuset_note: eng.cpuset_note.clone(),
+            work_by_cpu: ctx.work_by_cpu.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            possible: rseq::topology::possible_cpus().to_vec(),
+            added_during_run: std::mem::take(&mut eng.added_during_run),
+            cpu_notes: std::mem::take(&mut eng.cpu_notes),
+            rss_kib: status_kib("VmRSS:"),
+            peak_rss_kib: status_kib("VmHWM:"),
         },
         threads: ThreadState {
             created: ctx.created.load(Ordering::Relaxed),
@@ -751,8 +791,13 @@ impl Engine {
         let events = self.job.plan.events.clone();
         let mut next = 0;
         let mut progress = Progress::new(duration, self.job.progress);
+        let mut next_cpu_scan = 0;
         loop {
             let now = start.elapsed().as_millis() as u64;
+            if now >= next_cpu_scan {
+                next_cpu_scan = now + CPU_SCAN_MS;
+                self.scan_new_cpus(now);
+            }
             if now >= duration || cpu::stop_requested() {
                 break;
             }
@@ -995,6 +1040,37 @@ impl Engine {
                     Err(e) => format!("cannot start burst: {e}"),
                 }
             }
+        }
+    }
+
+    /// CPUs that came online for the first time during the run — hot-added to the machine
+    /// (e.g. a VM's vCPU) and onlined by someone else: the libraries sized their per-CPU
+    /// data before those CPUs existed. Every thread's affinity (and the run's cpuset) is
+    /// widened so that the workload, and the affinity disturbance, use them.
+    fn scan_new_cpus(&mut self, now_ms: u64) {
+        let online = cpu::online_cpus();
+        let new: Vec<u32> = {
+            let mut seen = self.ctx.seen_online.lock().unwrap();
+            online.iter().copied().filter(|c| seen.insert(*c)).collect()
+        };
+        let added: Vec<u32> = new.into_iter().filter(|c| !self.initial_online.contains(c)).collect();
+        if added.is_empty() {
+            return;
+        }
+        if let Some(cs) = &self.cpuset {
+            if cs.set_cpus(&online).is_ok() {
+                *self.ctx.cpuset_cpus.lock().unwrap() = Some(online.clone());
+            }
+            let _ = cs.move_all_in();
+        }
+        let usable = self.ctx.usable_cpus();
+        let (ok, _) = self.ctx.set_all_affinity(&usable);
+        for c in added {
+            self.cpu_notes.push(format!(
+                "cpu{c} appeared at {:.2} s (not online at the start): {ok} threads may use it",
+                now_ms as f64 / 1000.0
+            ));
+            self.added_during_run.push(c);
         }
     }
 

@@ -117,6 +117,27 @@ pub struct CpuState {
     pub hotplug_note: Option<String>,
     /// Why the cpuset disturbance was skipped, if it was.
     pub cpuset_note: Option<String>,
+    /// Work units done on each CPU (index = CPU number), sampled every
+    /// `WORK_SAMPLE` units of each library: shows that CPUs onlined or hot-added during the
+    /// run got work.
+    #[serde(default)]
+    pub work_by_cpu: Vec<u64>,
+    /// CPUs the kernel reports as possible (what per-CPU areas are sized by).
+    #[serde(default)]
+    pub possible: Vec<u32>,
+    /// CPUs online at some point during the run that were not online at its start.
+    #[serde(default)]
+    pub added_during_run: Vec<u32>,
+    /// What the harness did about those CPUs.
+    #[serde(default)]
+    pub cpu_notes: Vec<String>,
+    /// Resident memory of the run process at the end and at its peak, in KiB
+    /// (`VmRSS` / `VmHWM`).
+    #[serde(default)]
+    pub rss_kib: u64,
+    /// Peak resident memory, KiB.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
 }
 
 /// Threads of the run.
