@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -449,20 +450,25 @@ def small_cpio(files) -> bytes:
 # QEMU and QMP
 
 
+def connect_unix(path: Path, timeout):
+    deadline = time.time() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(path))
+            return s
+        except OSError:
+            s.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Qmp:
     def __init__(self, path: Path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(str(path))
-                break
-            except OSError:
-                self.s.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
+        self.s = connect_unix(path, timeout)
         self.s.settimeout(30)
+        self.lock = threading.Lock()
         self.buf = b""
         self._read()  # greeting
         self.cmd("qmp_capabilities")
@@ -480,14 +486,15 @@ class Qmp:
         msg = {"execute": name}
         if args:
             msg["arguments"] = args
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            r = self._read()
-            if "event" in r:
-                continue
-            if "error" in r:
-                raise RuntimeError(f"QMP {name}: {r['error'].get('desc', r['error'])}")
-            return r.get("return")
+        with self.lock:
+            self.s.sendall(json.dumps(msg).encode() + b"\n")
+            while True:
+                r = self._read()
+                if "event" in r:
+                    continue
+                if "error" in r:
+                    raise RuntimeError(f"QMP {name}: {r['error'].get('desc', r['error'])}")
+                return r.get("return")
 
     def close(self):
         with contextlib.suppress(OSError):
@@ -504,7 +511,8 @@ class Guest:
         self.console = self.dir / "console.log"
         self.data = self.dir / "data.log"
         self.sock = self.dir / "qmp.sock"
-        for p in (self.console, self.data, self.sock):
+        self.dsock = self.dir / "data.sock"
+        for p in (self.console, self.data, self.sock, self.dsock):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         self.cmd = [
@@ -513,12 +521,16 @@ class Guest:
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 loglevel=5",
             "-nodefaults", "-display", "none", "-no-reboot",
-            "-serial", f"file:{self.console}", "-serial", f"file:{self.data}",
+            "-serial", f"file:{self.console}",
+            # the data channel (ttyS1): both ways, on a socket
+            "-chardev", f"socket,id=data,path={self.dsock},server=on,wait=off",
+            "-device", "isa-serial,chardev=data",
             "-qmp", f"unix:{self.sock},server=on,wait=off",
         ]
         self.verbose = verbose
         self.proc = None
         self.qmp = None
+        self.chan = None
         self.t0 = None
 
     def start(self):
@@ -526,6 +538,35 @@ class Guest:
         self.t0 = time.time()
         self.proc = subprocess.Popen(self.cmd, stdout=open(self.dir / "qemu.out", "wb"), stderr=subprocess.STDOUT)
         self.qmp = Qmp(self.sock)
+        self.chan = connect_unix(self.dsock, 30)
+        self.chan.setblocking(False)
+
+    def read_data(self):
+        """Bytes the guest sent on the data channel since the last call (b"" if none)."""
+        out = b""
+        while self.chan:
+            try:
+                d = self.chan.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                d = b""
+            if not d:
+                self.chan.close()
+                self.chan = None
+                break
+            out += d
+        if out:
+            with open(self.data, "ab") as f:
+                f.write(out)
+        return out
+
+    def reply(self, line: str):
+        if self.chan:
+            with contextlib.suppress(OSError):
+                self.chan.setblocking(True)
+                self.chan.sendall(line.encode() + b"\n")
+                self.chan.setblocking(False)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -538,6 +579,9 @@ class Guest:
                 self.proc.wait()
         if self.qmp:
             self.qmp.close()
+        if self.chan:
+            self.chan.close()
+            self.chan = None
 
 
 def tail(path: Path, n=40):
@@ -551,26 +595,16 @@ def tail(path: Path, n=40):
 class DataReader:
     """Incremental parser of the guest's data channel."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.pos = 0
+    def __init__(self):
         self.partial = b""
         self.records = []
         self.files = {}
         self._file = None
         self._chunks = []
 
-    def poll(self):
+    def feed(self, data: bytes):
         new = []
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.pos)
-                data = f.read()
-        except FileNotFoundError:
-            return new
-        self.pos += len(data)
-        data = self.partial + data
-        lines = data.split(b"\n")
+        lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         for raw in lines:
             line = raw.decode(errors="replace").strip("\r")
@@ -630,20 +664,37 @@ def hot_add(guest: Guest, n, interval, events):
         events.append((time.time(), f"QMP FAILED: {e}"))
 
 
+def answer(g: Guest, question, res):
+    """The host's answer to an ASK record of the guest."""
+    if question in ("singlestep on", "singlestep off"):
+        try:
+            g.qmp.cmd("human-monitor-command", **{"command-line": question})
+            res.setdefault("host_events", []).append((time.time(), question))
+            return "OK " + question
+        except (RuntimeError, OSError) as e:
+            return f"ERR {question}: {e}"
+    if question == "bye":
+        return "OK bye"
+    return f"ERR unknown question {question}"
+
+
 def boot(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, timeout, verbose, hotadd_interval=2.0):
     """Boots, follows the data channel, does the hot-add when asked; returns the boot's facts."""
     g = Guest(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, verbose)
-    dr = DataReader(g.data)
+    dr = DataReader()
     cs = ConsoleStreamer(g.console, f"[{name}]") if verbose else None
     res = {"name": name, "smp": smp, "maxcpus": maxcpus, "hotadd_events": [], "done": False}
-    g.start()
     booted_at = None
+    done_at = None
     adder = None
     status = "timeout"
     try:
+        g.start()
         while True:
-            for rec in dr.poll():
-                if rec == "BOOTED" and booted_at is None:
+            for rec in dr.feed(g.read_data()):
+                if rec.startswith("ASK "):
+                    g.reply(answer(g, rec[4:], res))
+                elif rec == "BOOTED" and booted_at is None:
                     booted_at = time.time()
                 elif rec.startswith("HOTADD READY"):
                     n = int(rec.split()[2])
@@ -652,6 +703,7 @@ def boot(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, timeout, verbose, hot
                     adder.start()
                 elif rec == "DONE":
                     res["done"] = True
+                    done_at = time.time()
             if cs:
                 cs.poll()
             if g.proc.poll() is not None:
@@ -660,12 +712,15 @@ def boot(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, timeout, verbose, hot
             if time.time() - g.t0 > timeout:
                 status = "timeout"
                 break
+            if done_at and time.time() - done_at > 15:
+                status = "no power-off"  # the plan finished; the guest did not switch itself off
+                break
             time.sleep(0.2)
     finally:
         if adder:
             adder.join(timeout=10)
+        dr.feed(g.read_data())
         g.stop()
-        dr.poll()
         if cs:
             cs.poll()
     res["status"] = status
@@ -689,9 +744,11 @@ def qemu_version():
     return m.group(1) if m else "unknown"
 
 
-def acpi_override(cache: Path, work: Path, base: Path, vmlinuz, smp, maxcpus, verbose):
-    """The early cpio with the patched FACP and APIC for this layout (cached per layout)."""
-    key = f"qemu-{qemu_version()}-pc-smp{smp}-max{maxcpus}"
+def acpi_override(cache: Path, work: Path, base: Path, vmlinuz, smp, maxcpus, mem, verbose):
+    """The early cpio with the patched FACP and APIC for this layout (cached per layout). The
+    tables hold physical addresses near the top of guest RAM (FACS, DSDT), so the memory size is
+    part of the layout."""
+    key = f"qemu-{qemu_version()}-pc-smp{smp}-max{maxcpus}-m{mem}"
     d = cache / "acpi" / key
     out = d / "override.cpio"
     if out.is_file():
@@ -704,7 +761,7 @@ def acpi_override(cache: Path, work: Path, base: Path, vmlinuz, smp, maxcpus, ve
         with open(base, "rb") as b:
             shutil.copyfileobj(b, f)
         f.write(small_cpio([("plan.sh", b"dump_acpi\n", 0o644)]))
-    r = boot("acpi-dump", vmlinuz, initrd, smp, maxcpus, "512M", rundir, 120, verbose)
+    r = boot("acpi-dump", vmlinuz, initrd, smp, maxcpus, mem, rundir, 120, verbose)
     fadt, madt = r["files"].get("acpi.FACP"), r["files"].get("acpi.APIC")
     if not r["done"] or not fadt or not madt:
         raise Fatal(f"acpi: could not read the tables from the guest ({r['status']}):\n{r['console_tail']}")
@@ -743,7 +800,7 @@ def harness_cmd(pl: Payload, name, args, seed):
 
 def main_plan(pl: Payload, o):
     """Boot 1 of every kernel: rseq tests, a harness run, a harness run with hot-add."""
-    lines = []
+    lines = ["singlestep on"] if o.singlestep != "off" else []
     for name, _ in pl.tests:
         lines.append(shlex.join(["run_step", f"rseq.{name}", str(o.test_timeout),
                                  f"/payload/tests/{name}", "--test-threads=2"]))
@@ -753,6 +810,9 @@ def main_plan(pl: Payload, o):
                                           ["--index", "cpu_id", "--hotplug", "real", "--threads", "4",
                                            "--duration", str(d)], o.seed)]))
     if o.hotadd > 0:
+        if o.singlestep == "auto" and o.short:
+            # Bringing a CPU up one instruction per block takes 5 to 10 s under TCG.
+            lines.append("singlestep off")
         # settle, then one vCPU every interval, then the offline/online cycles, then a tail
         hd = max(o.hotadd_duration, o.settle + o.hotadd * o.hotadd_interval + 8)
         lines.append(shlex.join(["hotadd_step", "harness.hotadd", str(int(hd * 3 + 60)), str(o.hotadd),
@@ -764,7 +824,7 @@ def main_plan(pl: Payload, o):
 
 
 def many_plan(pl: Payload, o, n):
-    lines = []
+    lines = ["singlestep on"] if o.singlestep == "on" else []
     for index in ("cpu_id", "mm_cid"):
         name = f"harness.smp{n}.{index}"
         lines.append(shlex.join(["harness_step", name, str(int(o.many_duration * 6 + 120)),
@@ -775,6 +835,10 @@ def many_plan(pl: Payload, o, n):
             lines.append(shlex.join(["run_step", f"rseq.smp{n}.{name}", str(o.test_timeout * 3),
                                      f"/payload/tests/{name}", "--test-threads=2"]))
     return "\n".join(lines) + "\n"
+
+
+def mem_for(maxcpus):
+    return "1G" if maxcpus <= 8 else "2G"
 
 
 def plan_budget(plan: str):
@@ -806,9 +870,12 @@ def evaluate(boot_res, kernel_info, expect_hotadd):
     facts = parse_kv(recs, "FACT")
     steps = []
     cur = None
+    sstep = "off"
     for r in recs:
+        if r in ("FACT singlestep on", "FACT singlestep off"):
+            sstep = r.split()[-1]
         if r.startswith("BEGIN "):
-            cur = {"name": r[6:], "rc": None, "secs": None, "problems": [], "notes": []}
+            cur = {"name": r[6:], "rc": None, "secs": None, "problems": [], "notes": [], "singlestep": sstep}
             steps.append(cur)
         elif r.startswith("END ") and cur:
             m = re.match(r"END (\S+) rc=(\S+) secs=(\S+)", r)
@@ -869,6 +936,10 @@ def harness_facts(s, rep, facts):
     s["rseq"] = {"libc_size": p["libc_size"], "feature_size": fs, "node_id": fs >= 24, "mm_cid": fs >= 28,
                  "mode": st["mode"], "index": st["index"]}
     s["libs"] = {l["name"]: sorted(m["mode"] for m in l["modes"].values()) for l in st["libs"]}
+    s["ops"] = {l["name"]: {"ops": l["counts"].get("ops"), "aborts": l["counts"].get("aborts"),
+                            "fallback_ops": l["counts"].get("fallback_ops")} for l in st["libs"]}
+    s["notes"].append("operations / rseq restarts: " + "; ".join(
+        f"{k} {v['ops']} / {v['aborts']}" for k, v in s["ops"].items()))
     s["seed"] = rep["seed"]
     idx = st["index"]
     if idx == "mm_cid" and fs < 28:
@@ -954,6 +1025,7 @@ def print_kernel(kr):
             extra = []
             if s.get("secs") is not None:
                 extra.append(f"{s['secs']} s")
+            extra.append(f"singlestep {s.get('singlestep', 'off')}")
             if "rss_kib" in s:
                 extra.append(f"max RSS {s['rss_kib'] / 1024:.1f} MiB")
             log(f"    [{mark}] {s['name']} ({', '.join(extra)})")
@@ -995,6 +1067,12 @@ def main():
     ap.add_argument("--settle", type=float, default=3, help="seconds of harness run before the first hot-add "
                     "[%(default)s]")
     ap.add_argument("--cycles", type=int, help="offline/online rounds over the added CPUs [short 1, else 3]")
+    ap.add_argument("--singlestep", choices=("auto", "on", "off"), default="auto",
+                    help="one instruction per TCG translation block while the payload runs: without it an "
+                    "interrupt never lands inside a branch-free critical section and rseq restarts are "
+                    "rare (the rseq storm tests then fail); it makes the guest several times slower. "
+                    "auto = on for the rseq tests and the harness runs of the 2-8 vCPU boot, except "
+                    "the hot-add run in --short; off in the 16/32 vCPU boots [%(default)s]")
     ap.add_argument("--no-hotadd", action="store_true", help="no vCPU hot-add")
     ap.add_argument("--many-duration", type=float, default=10, help="seconds of each 16/32-vCPU harness run "
                     "[%(default)s]")
@@ -1061,7 +1139,8 @@ def run_all(o, series, many):
     override = None
     if o.hotadd > 0 and o.acpi_override != "never":
         t = time.time()
-        override = acpi_override(cache, work, base, kernels[series[0]][0], o.smp, o.maxcpus, o.verbose)
+        override = acpi_override(cache, work, base, kernels[series[0]][0], o.smp, o.maxcpus, mem_for(o.maxcpus),
+                                  o.verbose)
         timings["acpi_s"] = round(time.time() - t, 1)
 
     results = []
@@ -1084,7 +1163,7 @@ def run_all(o, series, many):
                 f.write(small_cpio([("plan.sh", plan.encode(), 0o644)]))
             (rundir / "plan.sh").write_text(plan)
             budget = 30 + 2 * smp + plan_budget(plan) + 60
-            mem = "1G" if smp <= 8 else "2G"
+            mem = mem_for(maxcpus)
             log(f"\n== {s}: boot {bname} (-smp {smp},maxcpus={maxcpus}, limit {budget} s) {info['release']}")
             r = boot(f"{s}/{bname}", vml, initrd, smp, maxcpus, mem, rundir, budget, o.verbose,
                      o.hotadd_interval)
@@ -1123,5 +1202,16 @@ def run_all(o, series, many):
     return 0 if ok else 1
 
 
+def on_term(sig, _frame):
+    # Unwinds through every `finally`, which stops the running guest.
+    raise KeyboardInterrupt(f"signal {sig}")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        log(f"\ninterrupted ({e or 'SIGINT'}); guests stopped")
+        sys.exit(130)

@@ -145,7 +145,7 @@ impl Ctx {
             }
         }
         let done = slot.units.fetch_add(1, Ordering::Relaxed);
-        if done % WORK_SAMPLE == 0 {
+        if done.is_multiple_of(WORK_SAMPLE) {
             // Which CPU does the work: sampled, so the cost stays off the work itself.
             if let Some(c) = rseq::topology::current_cpu().and_then(|c| self.work_by_cpu.get(c as usize)) {
                 c.fetch_add(WORK_SAMPLE, Ordering::Relaxed);

@@ -9,6 +9,7 @@
 #   @@ ENDFILE <name>
 #   @@ HOTADD READY <n>         the host may now add <n> vCPUs through QMP
 #   @@ CPU <event...>           hot-add/online/offline progress
+#   @@ ASK <question>           the host answers one line on the same channel
 #   @@ DONE                     the plan ran to its end (no DONE: the guest hung or died)
 # Only this script (never a background job) writes to the data channel, so records and
 # file blocks never interleave.
@@ -25,11 +26,27 @@ if mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null; then
   mkdir -p /sys/fs/cgroup/cpuset
   mount -t cgroup -o cpuset cpuset /sys/fs/cgroup/cpuset 2>/dev/null || rmdir /sys/fs/cgroup/cpuset
 fi
-exec 3>/dev/ttyS1
+# The data channel is a socket on the host: raw, no echo, both ways.
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+exec 3<>/dev/ttyS1
 export HOME=/tmp
 cd /tmp
 
 rec() { echo "@@ $*" >&3; }
+# ask QUESTION: the host answers one line ("OK ..." or "ERR ..."); returns 0 on OK.
+ask() {
+  rec "ASK $*"
+  answer=""
+  read -r -t 60 answer <&3
+  echo "=== asked the host: $* -> ${answer:-no answer}"
+  case "$answer" in OK*) return 0 ;; *) return 1 ;; esac
+}
+# Single-instruction translation blocks: under TCG an interrupt is only taken between two
+# translation blocks, so a short critical section without a branch is never interrupted, and
+# no rseq restart ever happens. With this on, interrupts land on any instruction.
+singlestep() { # on|off
+  if ask "singlestep $1"; then rec "FACT singlestep $1"; else rec "FACT singlestep $1 failed"; fi
+}
 now() { cut -d' ' -f1 /proc/uptime; }
 # secs_since START: seconds (one decimal) since an uptime reading
 secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -71,15 +88,20 @@ run_step() {
   echo "=== [$name] rc=$rc"
 }
 
-# Largest VmHWM (KiB) of the processes called NAME, sampled every second into FILE.
-rss_sampler() { # NAME FILE
+# Largest VmHWM (KiB) of the processes running EXE, sampled every second into FILE (shell
+# builtins only: forking a helper per process is slow under single-stepping TCG).
+rss_sampler() { # EXE FILE
   max=0
   while :; do
-    for s in /proc/[0-9]*/status; do
-      v=$(awk -v n="$1" '$1 == "Name:" && $2 != n { exit } $1 == "VmHWM:" { print $2 }' "$s" 2>/dev/null)
-      [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+    for p in /proc/[0-9]*; do
+      [ "$p/exe" -ef "$1" ] || continue
+      while read -r k v _; do
+        if [ "$k" = VmHWM: ]; then
+          [ "$v" -gt "$max" ] && { max=$v; echo "$max" > "$2"; }
+          break
+        fi
+      done < "$p/status" 2>/dev/null
     done
-    echo "$max" > "$2"
     sleep 1
   done
 }
@@ -97,7 +119,8 @@ hotadd_step() {
   t0=$(now)
   cpu_ticks > /tmp/ticks0
   initial=$(cpu_list present)
-  rss_sampler harness "/tmp/rss.$name" &
+  before=" $(for d in /sys/devices/system/cpu/cpu[0-9]*; do printf '%s ' "${d##*/cpu}"; done)"
+  rss_sampler /payload/bin/harness "/tmp/rss.$name" &
   rss_pid=$!
   ( timeout -k 5 "$t" "$@" > "/tmp/out.$name" 2>&1; echo $? > /tmp/rc ) &
   run_pid=$!
@@ -110,7 +133,7 @@ hotadd_step() {
     for d in /sys/devices/system/cpu/cpu[0-9]*; do
       c=${d##*/cpu}
       [ -f "$d/online" ] || continue
-      case " $added " in *" $c "*) continue ;; esac
+      case " $added $before " in *" $c "*) continue ;; esac
       if [ "$(cat "$d/online")" = 0 ]; then
         if echo 1 > "$d/online" 2>/dev/null; then r=ok; else r=failed; fi
         added="$added $c"
@@ -160,7 +183,7 @@ hotadd_step() {
 harness_step() {
   name=$1; shift
   cpu_ticks > /tmp/ticks0
-  rss_sampler harness "/tmp/rss.$name" &
+  rss_sampler /payload/bin/harness "/tmp/rss.$name" &
   rss_pid=$!
   run_step "$name" "$@"
   kill $rss_pid 2>/dev/null
@@ -179,6 +202,10 @@ rec "BOOTED"
 facts
 . /plan.sh
 rec "DONE"
+# The host answers once it has read everything before this line: nothing is lost in the
+# UART's buffer at power-off.
+ask bye || true
+exec 3>&-
 echo "=== guest done at $(now) s"
 sync
 poweroff -f
