@@ -48,12 +48,18 @@
  *   PCOUNTERS_ENOENT. An add that runs concurrently with the delete of its own counter
  *   either counts before the delete (its count disappears with the counter) or returns
  *   PCOUNTERS_ENOENT. No handle, stale or forged, ever reaches memory other than the
- *   library's table and counter words. The storage of a deleted counter is reused by a
- *   new counter (which starts at 0) no sooner than 100 ms after the delete - earlier only
- *   when all PCOUNTERS_MAX_COUNTERS slots are taken. Only an add that had passed its
- *   handle check when its counter was deleted and was then suspended for longer than that
- *   (a thread stopped in a debugger between two instructions) could still land in the new
- *   counter; stop adding before deleting if that matters.
+ *   library's table and counter words.
+ *
+ *   On the rseq path the handle is checked inside the restartable critical section, and
+ *   pcounters_delete() issues membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) (Linux
+ *   5.10+) after marking the counter deleted: when it returns, no add that saw the old
+ *   handle can still land, however long its thread was suspended. The storage of a
+ *   deleted counter is reused by a new counter (which starts at 0) no sooner than 100 ms
+ *   after the delete - earlier only when all PCOUNTERS_MAX_COUNTERS slots are taken. That
+ *   delay is what protects adds on the fallback path (threads without rseq, or a kernel
+ *   without the rseq membarrier): only such an add, suspended for longer than that between
+ *   its handle check and its store (a thread stopped in a debugger), could still land in
+ *   the new counter; stop adding before deleting if that matters.
  *
  * THREADS, SIGNALS
  *

@@ -31,11 +31,14 @@
 //! is refused with [`Error::NotFound`]; a forged value with [`Error::InvalidArgument`] or
 //! `NotFound`; no handle can reach memory other than the table and counter words. An add
 //! racing with the delete of its counter either counts before the delete or is refused.
-//! Deleted slots are reused by new counters only after 100 ms (or when all
-//! [`MAX_COUNTERS`] slots are taken), and the new counter starts at zero. Only an add that
-//! passed its handle check before the delete and was then suspended for longer than that
-//! could still land in the new counter (the check and the per-CPU add are not one atomic
-//! step; making them one would need a critical section that `rseq` does not offer).
+//! On the rseq path the handle check is part of the critical section
+//! ([`rseq::ThreadArea::try_add_if_equal`]) and a delete issues
+//! `membarrier(PRIVATE_EXPEDITED_RSEQ)` after marking the slot dead, so when it returns no
+//! add that saw the old handle can still land. Deleted slots are reused by new counters
+//! only after 100 ms (or when all [`MAX_COUNTERS`] slots are taken), and the new counter
+//! starts at zero: that delay covers adds on the fallback path (threads without rseq, or
+//! kernels without the rseq membarrier), whose check and atomic add are two steps — only
+//! such an add suspended for longer than that could still land in the new counter.
 //!
 //! # Fork and unloading
 //!

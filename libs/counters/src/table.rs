@@ -17,7 +17,7 @@ use core::ptr;
 use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use rseq::pool::PercpuPool;
-use rseq::{percpu_add, percpu_sum, Index, Outcome, PercpuPtr, ThreadArea};
+use rseq::{percpu_sum, Index, Outcome, PercpuPtr, ThreadArea};
 
 use crate::error::Error;
 
@@ -131,31 +131,52 @@ fn classify(h: u64) -> Error {
 /// Adds `amount` to the counter `h`: one rseq per-CPU add (or an atomic add on the
 /// fallback word). Lock-free and async-signal-safe.
 ///
-/// The inlined part is the handle check and a single critical section; a restart, or a
-/// thread without an rseq area, continues out of line in [`rseq::percpu_add`] (restarts,
-/// then the fallback path), which keeps the common path free of register spills.
+/// The handle check is made *inside* the critical section ([`ThreadArea::try_add_if_equal`]
+/// on the entry's handle word): [`retire`] stores `DEAD` and then issues
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ)`, after which no rseq add that saw the old handle can
+/// still commit. Only fallback-path adds (threads without rseq) check outside a section;
+/// the registry's reuse delay covers them.
+///
+/// The inlined part is the chunk lookup and a single critical section; a restart, or a
+/// thread without an rseq area, continues out of line, which keeps the common path free of
+/// register spills.
 #[inline(always)]
 pub(crate) fn add(h: u64, amount: i64) -> Result<(), Error> {
-    let e = live(h)?;
+    let Some(e) = entry(slot_of(h)) else { return Err(Error::InvalidArgument) };
     let index = index_of_handle(h);
     if let Some(area) = ThreadArea::current() {
-        // SAFETY: the words of a published entry are pool memory with a copy for every
-        // possible CPU, written only by critical sections; `index` was resolved when the
-        // counter was created.
-        if let (Outcome::Committed, _) = unsafe { area.try_add(index, e.words(), amount as u64) } {
-            return Ok(());
+        // SAFETY: the words of an entry are pool memory with a copy for every possible CPU,
+        // written only by critical sections; the handle word is an AtomicU64 of the entry
+        // (never freed); `index` was resolved when the counter was created (a forged handle
+        // with the other index bit fails the handle comparison).
+        match unsafe { area.try_add_if_equal(index, e.handle.as_ptr(), h, e.words(), amount as u64) } {
+            (Outcome::Committed, _) => return Ok(()),
+            (Outcome::CompareFailed, _) => return Err(classify(h)),
+            (Outcome::Aborted, _) => {}
         }
     }
-    add_slow(e, index, amount);
-    Ok(())
+    add_slow(e, h, index, amount)
 }
 
 #[cold]
 #[inline(never)]
-fn add_slow(e: &Entry, index: Index, amount: i64) {
-    // SAFETY: as in `add`; the fallback set is a distinct pool word per CPU, only written
-    // atomically.
-    unsafe { percpu_add(index, e.words(), e.fallback(), amount as u64) };
+fn add_slow(e: &Entry, h: u64, index: Index, amount: i64) -> Result<(), Error> {
+    if let Some(area) = ThreadArea::current() {
+        for _ in 0..rseq::ops::MAX_RESTARTS {
+            // SAFETY: as in `add`.
+            match unsafe { area.try_add_if_equal(index, e.handle.as_ptr(), h, e.words(), amount as u64) } {
+                (Outcome::Committed, _) => return Ok(()),
+                (Outcome::CompareFailed, _) => return Err(classify(h)),
+                (Outcome::Aborted, _) => {}
+            }
+        }
+    }
+    if e.handle.load(Ordering::Acquire) != h {
+        return Err(classify(h));
+    }
+    // SAFETY: the fallback set is a distinct pool word per CPU, only written atomically.
+    unsafe { rseq::fallback::add(e.fallback(), amount as u64) };
+    Ok(())
 }
 
 /// The exact value of the counter `h`: the sum of both word sets over every possible CPU,
@@ -243,8 +264,27 @@ pub(crate) fn publish(slot: usize, index: Index) -> Result<u64, Error> {
 }
 
 /// Marks the live counter `h` deleted and returns its slot. Caller holds the registry lock.
+/// When the rseq membarrier is available, every rseq add still in flight with `h` is
+/// restarted (and then refused) before this returns.
 pub(crate) fn retire(h: u64) -> Result<usize, Error> {
     let e = live(h)?;
-    e.handle.store(DEAD, Ordering::Release);
+    e.handle.store(DEAD, Ordering::SeqCst);
+    fence_rseq_adds();
     Ok(slot_of(h))
+}
+
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ)`, registered on first use; does nothing where the
+/// kernel lacks it (the reuse delay then covers every add).
+fn fence_rseq_adds() {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    use rseq::membarrier::{private_expedited_rseq, register_private_expedited_rseq, MembarrierError};
+    let ok = *REGISTERED.get_or_init(|| register_private_expedited_rseq().is_ok());
+    if ok {
+        // A forked child has a new address space without the registration: register again.
+        if let Err(MembarrierError::NotRegistered) = private_expedited_rseq(None) {
+            if register_private_expedited_rseq().is_ok() {
+                let _ = private_expedited_rseq(None);
+            }
+        }
+    }
 }

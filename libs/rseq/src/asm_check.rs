@@ -16,6 +16,9 @@ pub unsafe fn instantiate_all(w: PercpuPtr<u64>, f: PercpuPtr<AtomicU64>, s: Per
         // SAFETY: forwarded (never called).
         unsafe {
             percpu_add(index, w, f, 1);
+            if let Some(area) = crate::ThreadArea::current() {
+                let _ = area.try_add_if_equal(index, w.base(), 0, w, 1);
+            }
             let _ = percpu_load_compare_store(index, w, f, 0, 1);
             let _ = s.push(index, 1);
             let _ = s.pop(index);

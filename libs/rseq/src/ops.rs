@@ -119,6 +119,31 @@ impl ThreadArea {
         (outcome(s), cpu)
     }
 
+    /// One critical section: if `*check == expect`, `words[idx] += amount`. The check is
+    /// made inside the section: after a writer changes `*check` and issues
+    /// [`crate::membarrier::private_expedited_rseq`], no add that saw the old value can
+    /// still commit (the barrier restarts every section in flight). A mismatch is
+    /// `CompareFailed`.
+    ///
+    /// # Safety
+    /// As for [`ThreadArea::try_add`]; `check` is a valid, 8-byte aligned `u64` (written by
+    /// others only with atomic stores).
+    #[inline(always)]
+    pub unsafe fn try_add_if_equal(
+        self,
+        index: Index,
+        check: *const u64,
+        expect: u64,
+        words: PercpuPtr<u64>,
+        amount: u64,
+    ) -> (Outcome, u32) {
+        // SAFETY: forwarded contract.
+        let (s, cpu) = unsafe {
+            by_index!(index, add_if_equal(self.as_ptr(), check, expect, words.base().cast(), words.stride(), amount))
+        };
+        (outcome(s), cpu)
+    }
+
     /// One critical section: if `words[idx] == expect`, store `new`.
     ///
     /// # Safety

@@ -330,3 +330,63 @@ fn rseq_cs_is_cleared_after_every_operation() {
         assert_eq!(std::ptr::addr_of!((*area.as_ptr()).rseq_cs).read_volatile(), 0);
     }
 }
+
+/// `try_add_if_equal` with `membarrier(PRIVATE_EXPEDITED_RSEQ)`: once the check word is
+/// changed and the barrier returned, no add that saw the old value lands any more (the
+/// deletion protocol of a counter). Every committed add is counted exactly.
+#[test]
+fn add_if_equal_stops_after_membarrier() {
+    let _serial = serial();
+    rseq::membarrier::register_private_expedited_rseq().expect("membarrier RSEQ registration");
+    const DEAD: u64 = u64::MAX;
+    let c = counter();
+    let check: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let committed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut epoch, mut rounds) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(2));
+                check.store(DEAD, Ordering::SeqCst);
+                rseq::membarrier::private_expedited_rseq(None).expect("membarrier");
+                let before = c.sum();
+                std::thread::sleep(Duration::from_millis(1));
+                assert_eq!(c.sum(), before, "an add landed after the check word changed and the barrier returned");
+                epoch += 2;
+                rounds += 1;
+                check.store(epoch, Ordering::SeqCst);
+            }
+            rounds
+        })
+    };
+    let committed2 = committed.clone();
+    let report = storm(THREADS, STORM, None, move |_| {
+        let area = rseq::ThreadArea::current().expect("rseq area");
+        let mut mine = 0u64;
+        for_a_while(|_| {
+            let e = check.load(Ordering::Acquire);
+            if e == DEAD {
+                return;
+            }
+            loop {
+                // SAFETY: pool words for every possible CPU; `check` is a leaked atomic.
+                match unsafe { area.try_add_if_equal(Index::CpuId, check.as_ptr(), e, c.words, 1) } {
+                    (rseq::Outcome::Committed, _) => {
+                        mine += 1;
+                        break;
+                    }
+                    (rseq::Outcome::CompareFailed, _) => break,
+                    (rseq::Outcome::Aborted, _) => continue,
+                }
+            }
+        });
+        committed2.fetch_add(mine, Ordering::Relaxed);
+    });
+    stop.store(true, Ordering::Relaxed);
+    let rounds = deleter.join().expect("deleter");
+    assert!(rounds > 10, "only {rounds} delete rounds");
+    assert_eq!(c.sum(), committed.load(Ordering::Relaxed), "committed adds and the sum differ");
+    assert!(report.aborts > 0, "no critical section was restarted ({} signals)", report.signals);
+}

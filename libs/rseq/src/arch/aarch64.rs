@@ -89,6 +89,52 @@ pub unsafe fn add<const IDX: usize>(area: *mut RseqArea, base: *mut u8, stride: 
     (status, cpu as u32)
 }
 
+/// See the x86_64 module's `add_if_equal`.
+///
+/// # Safety
+/// As for [`add`]; `check` is a valid, 8-byte aligned `u64`.
+#[inline(always)]
+pub unsafe fn add_if_equal<const IDX: usize>(
+    area: *mut RseqArea,
+    check: *const u64,
+    expect: u64,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+) -> (u32, u32) {
+    let status: u32;
+    let cpu: u64;
+    // SAFETY: see the function's contract.
+    unsafe {
+        asm!(
+            begin!(),
+            "ldr {v}, [{check}]",
+            "cmp {v}, {expect}",
+            "b.ne 5f",
+            "ldr {cpu:w}, [{area}, #{idx}]",
+            "madd {p}, {cpu}, {stride}, {base}",
+            "ldr {v}, [{p}]",
+            "add {v}, {v}, {amount}",
+            "str {v}, [{p}]",
+            end!(),
+            area = in(reg) area,
+            check = in(reg) check,
+            expect = in(reg) expect,
+            base = in(reg) base,
+            stride = in(reg) stride,
+            amount = in(reg) amount,
+            idx = const IDX,
+            tmp = out(reg) _,
+            cpu = out(reg) cpu,
+            p = out(reg) _,
+            v = out(reg) _,
+            status = out(reg) status,
+            options(nostack),
+        );
+    }
+    (status, cpu as u32)
+}
+
 /// See the x86_64 module's `load_compare_store`.
 ///
 /// # Safety

@@ -94,6 +94,52 @@ pub unsafe fn add<const IDX: usize>(area: *mut RseqArea, base: *mut u8, stride: 
     (status, cpu as u32)
 }
 
+/// If `*check == expect`, `*(base + idx*stride) += amount` on the current index; the
+/// check is inside the section, so a writer that changes `*check` and then issues
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ)` knows that no add that saw the old value can still
+/// commit. Returns (status, index).
+///
+/// # Safety
+/// As for [`add`]; `check` is a valid, 8-byte aligned `u64`.
+#[inline(always)]
+pub unsafe fn add_if_equal<const IDX: usize>(
+    area: *mut RseqArea,
+    check: *const u64,
+    expect: u64,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+) -> (u32, u32) {
+    let status: u32;
+    let cpu: u64;
+    // SAFETY: see the function's contract and the module's shape.
+    unsafe {
+        asm!(
+            begin!(),
+            "cmpq {expect}, ({check})",
+            "jne 5f",
+            "movl {idx}({area}), {cpu:e}",
+            "movq {cpu}, {off}",
+            "imulq {stride}, {off}",
+            "addq {amount}, ({base}, {off})",
+            end!(),
+            area = in(reg) area,
+            check = in(reg) check,
+            expect = in(reg) expect,
+            base = in(reg) base,
+            stride = in(reg) stride,
+            amount = in(reg) amount,
+            idx = const IDX,
+            tmp = out(reg) _,
+            cpu = out(reg) cpu,
+            off = out(reg) _,
+            status = out(reg) status,
+            options(att_syntax, nostack),
+        );
+    }
+    (status, cpu as u32)
+}
+
 /// If `*(base + idx*stride) == expect`, store `new` there. Returns (status, index).
 ///
 /// # Safety
