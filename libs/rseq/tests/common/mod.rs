@@ -30,14 +30,27 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// How long each storm worker keeps operating.
+/// How long each storm worker keeps operating at least.
 pub const RUN: Duration = Duration::from_millis(400);
 
-/// Calls `op` in batches until `RUN` has passed; returns how many calls were made.
+/// Longest a storm keeps going while it waits for enough signals and a restart (slow
+/// machines, emulators that rarely interrupt inside a section).
+pub const MAX_RUN: Duration = Duration::from_secs(20);
+
+/// Signals a storm sends at least before its workers may stop.
+pub const MIN_SIGNALS: u64 = 150;
+
+/// Set by the storm when its workers may stop: `RUN` has passed, `MIN_SIGNALS` were sent
+/// and a critical section was restarted (or `MAX_RUN` has passed, or the run has no
+/// critical sections to restart).
+static ENOUGH: AtomicBool = AtomicBool::new(false);
+
+/// Calls `op` in batches until the storm says enough; returns how many calls were made.
+/// Outside a storm it runs for `RUN`.
 pub fn for_a_while(mut op: impl FnMut(u64)) -> u64 {
-    let end = std::time::Instant::now() + RUN;
+    let end = std::time::Instant::now() + MAX_RUN;
     let mut n = 0u64;
-    while std::time::Instant::now() < end {
+    while !ENOUGH.load(Ordering::Relaxed) && std::time::Instant::now() < end {
         for _ in 0..1000 {
             op(n);
             n += 1;
@@ -77,6 +90,9 @@ where
 {
     install_handler();
     HANDLED.store(0, Ordering::Relaxed);
+    ENOUGH.store(false, Ordering::Relaxed);
+    let aborts_at_start = rseq::stats().aborts;
+    let started = std::time::Instant::now();
     HANDLER_HOOK.store(hook.map_or(0, |f| f as usize as u64), Ordering::Relaxed);
     let work = Arc::new(work);
     let start = Arc::new(Barrier::new(threads + 1));
@@ -102,6 +118,16 @@ where
         std::thread::spawn(move || {
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             while !stop.load(Ordering::Relaxed) {
+                let elapsed = started.elapsed();
+                let restarted = rseq::stats().aborts > aborts_at_start;
+                // A run forced onto the fallback path has nothing to restart.
+                let nothing_to_restart = rseq::mode() == rseq::Mode::Disabled;
+                if elapsed >= RUN
+                    && sent.load(Ordering::Relaxed) >= MIN_SIGNALS
+                    && (restarted || nothing_to_restart || elapsed >= MAX_RUN)
+                {
+                    ENOUGH.store(true, Ordering::Relaxed);
+                }
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
@@ -118,6 +144,9 @@ where
     // Keep signalling until every worker has finished (normally or not), and stop before
     // any is joined: a joined thread's pthread_t must not be signalled.
     while !handles.iter().all(|h| h.is_finished()) {
+        if started.elapsed() > MAX_RUN + Duration::from_secs(10) {
+            ENOUGH.store(true, Ordering::Relaxed);
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     stop.store(true, Ordering::Relaxed);
