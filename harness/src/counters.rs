@@ -401,6 +401,18 @@ impl Participant for CountersAdapter {
         }
     }
 
+    fn index_used(&self) -> Option<&'static str> {
+        let (_, h) = self.shared.first()?;
+        let mut idx: c_int = -1;
+        // SAFETY: writable int.
+        let r = unsafe { (self.api.index)(*h, &mut idx) };
+        match (r, idx) {
+            (OK, INDEX_CPU_ID) => Some("cpu_id"),
+            (OK, INDEX_MM_CID) => Some("mm_cid"),
+            _ => None,
+        }
+    }
+
     fn thread_mode(&self) -> ThreadMode {
         let mut err: c_int = 0;
         // SAFETY: writable int.

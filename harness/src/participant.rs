@@ -171,6 +171,11 @@ pub trait Participant: Send + Sync {
     fn fresh_after_reload(&self) -> Result<CheckOk, String>;
     /// Called (quiescent) before the library is unloaded.
     fn teardown(&self);
+    /// The per-CPU index the library actually uses (`cpu_id` / `mm_cid`), when it says:
+    /// a library asked for `mm_cid` on a kernel without it falls back to `cpu_id`.
+    fn index_used(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// `dlopen` flags of a run.

@@ -186,6 +186,11 @@ pub fn summary(r: &Report) -> String {
         if st.process.kernel_feature_size >= 28 { "present" } else { "absent" },
         st.index.name()
     );
+    for l in st.libs.iter().filter(|l| l.index_used.is_some()) {
+        let used = l.index_used.as_deref().unwrap_or("?");
+        let why = if used != st.index.name() { " (this kernel has no mm_cid: the library fell back)" } else { "" };
+        let _ = writeln!(o, "index used by {}: {used}, asked {}{why}", l.name, st.index.name());
+    }
     let _ = writeln!(o, "{}", cpu_lines(&st.cpus));
     let _ = writeln!(o, "\n{:<18} {:<6} {:>9}  detail", "invariant", "result", "facts");
     for v in &r.invariants {

@@ -62,6 +62,7 @@ struct Slot {
 struct SlotInfo {
     name: String,
     kind: String,
+    index_used: Option<&'static str>,
     lazy: bool,
     load_position: usize,
     modes: BTreeMap<String, ModeSeen>,
@@ -562,6 +563,7 @@ pub fn run_job(job: Job) -> RunState {
                 info.name = p.name().to_string();
                 info.kind = p.kind().to_string();
                 info.lazy = p.registers_lazily();
+                info.index_used = p.index_used();
                 info.load_position = pos;
                 drop(info);
                 *slot.state.write().unwrap() = Some(Loaded { p, incarnation: 0 });
@@ -676,6 +678,7 @@ pub fn run_job(job: Job) -> RunState {
             LibState {
                 name: info.name,
                 kind: info.kind,
+                index_used: info.index_used.map(str::to_string),
                 path: slot.path.clone(),
                 load_position: info.load_position,
                 counts: info.retired,
@@ -1065,9 +1068,14 @@ impl Engine {
         }
         let usable = self.ctx.usable_cpus();
         let (ok, _) = self.ctx.set_all_affinity(&usable);
-        for c in added {
+        let workers = self.ctx.workers.lock().unwrap().clone();
+        for (k, c) in added.into_iter().enumerate() {
+            // Two workers go there right away; the affinity disturbance and the scheduler
+            // spread the rest.
+            let pinned =
+                workers.iter().skip(2 * k).take(2).filter(|&&tid| cpu::set_affinity(tid, &[c]).is_ok()).count();
             self.cpu_notes.push(format!(
-                "cpu{c} appeared at {:.2} s (not online at the start): {ok} threads may use it",
+                "cpu{c} appeared at {:.2} s (not online at the start): {ok} threads may use it, {pinned} pinned to it",
                 now_ms as f64 / 1000.0
             ));
             self.added_during_run.push(c);

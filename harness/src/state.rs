@@ -59,6 +59,9 @@ pub struct LibState {
     pub name: String,
     /// `counters` or `plugin`.
     pub kind: String,
+    /// Per-CPU index the library reported using (`cpu_id` / `mm_cid`), if it reports one.
+    #[serde(default)]
+    pub index_used: Option<String>,
     /// Its file.
     pub path: PathBuf,
     /// Position in the load order (0 first).
