@@ -44,7 +44,7 @@ fn cpu_onlined_from_outside_gets_work() {
 
     let json = tmp().join("hot-add.json");
     let _ = std::fs::remove_file(&json);
-    let mut child = Command::new(harness())
+    let child = Command::new(harness())
         .args(lib_args())
         .args(["--duration", "3", "--hotplug", "off", "--no-cpuset", "--no-progress", "--json"])
         .arg(&json)
