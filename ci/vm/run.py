@@ -189,23 +189,24 @@ class KernelCache:
             fcntl.flock(lk, fcntl.LOCK_EX)
             return self._get(k)
 
+    @staticmethod
+    def _use_cached(fallback, why):
+        """The newest cached kernel of the series, with a warning saying why it is used."""
+        _, d, p = fallback
+        log(f"  WARNING: {why}; using the cached {d['package']} {d['version']}")
+        return p / "vmlinuz", d
+
     def _get(self, k: Kernel):
         fallback = self.cached(k)
         if not self.update():
             if fallback:
-                _, d, p = fallback
-                log(f"  WARNING: apt-get update failed ({self.update_error}); using the cached "
-                    f"{d['package']} {d['version']}")
-                return p / "vmlinuz", d
+                return self._use_cached(fallback, f"apt-get update failed ({self.update_error})")
             raise Fatal(f"kernel {k.series}: cannot fetch the package index for "
                         f"{k.pattern.pattern} ({self.update_error}) and nothing is cached")
         name = self.newest(k)
         if name is None:
             if fallback:
-                _, d, p = fallback
-                log(f"  WARNING: no package matches {k.pattern.pattern} any more; using the cached "
-                    f"{d['package']} {d['version']}")
-                return p / "vmlinuz", d
+                return self._use_cached(fallback, f"no package matches {k.pattern.pattern} any more")
             raise Fatal(f"kernel {k.series}: no package matching {k.pattern.pattern} in "
                         "bookworm-security or trixie-backports")
         uris = subprocess.run(["apt-get", *self.apt_opts(), "download", "--print-uris", name],
@@ -230,10 +231,7 @@ class KernelCache:
         except (subprocess.CalledProcessError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if fallback:
-                _, d, p = fallback
-                log(f"  WARNING: cannot download {name} {version} ({short_err(e)}); using the cached "
-                    f"{d['package']} {d['version']}")
-                return p / "vmlinuz", d
+                return self._use_cached(fallback, f"cannot download {name} {version} ({short_err(e)})")
             raise Fatal(f"kernel {k.series}: cannot download package {name} {version} from {url} "
                         f"after {ATTEMPTS} attempts: {short_err(e)}")
         deb = next(tmp.glob("*.deb"))
