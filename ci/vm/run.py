@@ -951,6 +951,12 @@ def harness_facts(s, rep, facts):
                             "fallback_ops": l["counts"].get("fallback_ops")} for l in st["libs"]}
     s["notes"].append("operations / rseq restarts: " + "; ".join(
         f"{k} {v['ops']} / {v['aborts']}" for k, v in s["ops"].items()))
+    ran = [e for e in st.get("events", []) if not e["outcome"].startswith("not run")]
+    if ran:
+        lags = sorted(e["ran_ms"] - e["at_ms"] for e in ran)
+        s["notes"].append(f"schedule: {len(ran)} of {len(st['events'])} events ran, lag median "
+                          f"{lags[len(lags) // 2]} ms, max {lags[-1]} ms; elapsed {st['elapsed_ms'] / 1000:.1f} s "
+                          f"for {st['scenario']['duration_ms'] / 1000:.1f} s planned")
     s["seed"] = rep["seed"]
     idx = st["index"]
     if idx == "mm_cid" and fs < 28:
@@ -1086,7 +1092,7 @@ def main():
                     "rare (the rseq storm tests then fail); it makes the guest several times slower. "
                     "auto = on for the rseq tests and the harness runs of the 2-8 vCPU boot, except "
                     "the hot-add run in --short; off in the 16/32 vCPU boots [%(default)s]")
-    ap.add_argument("--tcg-thread", choices=("multi", "single"), default="multi",
+    ap.add_argument("--tcg-thread", choices=("multi", "single"), default="single",
                     help="qemu TCG threading: multi = one host thread per vCPU; single = all vCPUs "
                     "round-robin on one host thread (slower, no cross-vCPU code-patching races) "
                     "[%(default)s]")

@@ -296,6 +296,18 @@ pub fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
+/// Sets the calling thread's nice value (Linux keeps one per thread). Threads created
+/// afterwards by this thread inherit it.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority on our own thread id; no memory is passed.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, nice) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `sched_setaffinity(tid, cpus)`.
 pub fn set_affinity(tid: i32, cpus: &[u32]) -> io::Result<()> {
     let max = cpus.iter().copied().max().ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -400,6 +400,7 @@ mod tests {
             events: Vec::new(),
             elapsed_ms: 1000,
             interrupted: false,
+            engine_priority: String::new(),
         }
     }
 

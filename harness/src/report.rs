@@ -111,6 +111,30 @@ fn cpu_lines(c: &crate::state::CpuState) -> String {
     o
 }
 
+/// How well the run kept to its schedule: events run, and how late (ran_ms - at_ms).
+fn schedule_line(st: &RunState) -> String {
+    let skipped = st.events.iter().filter(|e| e.outcome.starts_with("not run")).count();
+    let mut lags: Vec<u64> = st
+        .events
+        .iter()
+        .filter(|e| !e.outcome.starts_with("not run"))
+        .map(|e| e.ran_ms.saturating_sub(e.at_ms))
+        .collect();
+    lags.sort_unstable();
+    let lag = match (lags.get(lags.len() / 2), lags.last()) {
+        (Some(median), Some(max)) => format!("; lag median {median} ms, max {max} ms"),
+        _ => String::new(),
+    };
+    let prio =
+        if st.engine_priority.is_empty() { String::new() } else { format!(" (event thread: {})", st.engine_priority) };
+    format!(
+        "events: {} of {} ran{}{lag}{prio}",
+        st.events.len() - skipped,
+        st.events.len(),
+        if skipped > 0 { format!(" ({skipped} not run: the run stopped first)") } else { String::new() }
+    )
+}
+
 pub fn summary(r: &Report) -> String {
     let st = &r.state;
     let mut o = String::new();
@@ -177,6 +201,7 @@ pub fn summary(r: &Report) -> String {
         forks_ok,
         st.forks.len()
     );
+    let _ = writeln!(o, "{}", schedule_line(st));
     let _ = writeln!(
         o,
         "rseq: mode {} (__rseq_size {}, kernel feature size {}, mm_cid {}), index {}",

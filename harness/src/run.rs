@@ -40,6 +40,8 @@ const WORK_SAMPLE: u64 = 32;
 
 /// How often the engine looks for CPUs that came online outside the harness, ms.
 const CPU_SCAN_MS: u64 = 100;
+/// Nice value of the event thread during the run (needs CAP_SYS_NICE; kept at 0 otherwise).
+const ENGINE_NICE: i32 = -10;
 
 struct Loaded {
     p: Box<dyn Participant>,
@@ -342,6 +344,9 @@ fn churn_driver(ctx: Arc<Ctx>) {
 
 /// Holds `count` threads alive at once; returns how many were alive together.
 fn alive_burst(ctx: Arc<Ctx>, count: u32) -> (u64, u64) {
+    // Started by the event thread: back to the workers' priority, for this thread and the
+    // threads it creates.
+    let _ = cpu::set_thread_nice(0);
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let started = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::with_capacity(count as usize);
@@ -574,6 +579,7 @@ pub fn run_job(job: Job) -> RunState {
     fatal.extend(load_errors.iter().cloned());
 
     let mut threads = Vec::new();
+    let mut engine_priority = String::from("default (the run did not start)");
     let start = Instant::now();
     if fatal.is_empty() {
         // Workers.
@@ -598,7 +604,15 @@ pub fn run_job(job: Job) -> RunState {
             let cx = ctx.clone();
             threads.push(std::thread::Builder::new().name("churn".into()).spawn(move || churn_driver(cx)).unwrap());
         }
+        // The event thread must keep to the schedule while the workers keep every CPU busy
+        // (on a slow guest a default-priority thread fell tens of seconds behind). Raised
+        // only now, so that the workers started above keep the default priority.
+        engine_priority = match cpu::set_thread_nice(ENGINE_NICE) {
+            Ok(()) => format!("nice {ENGINE_NICE}"),
+            Err(e) => format!("default (nice {ENGINE_NICE} refused: {e})"),
+        };
         eng.schedule_loop(start);
+        let _ = cpu::set_thread_nice(0);
     }
 
     let offline_at_start = eng.first_offline;
@@ -738,6 +752,7 @@ pub fn run_job(job: Job) -> RunState {
         events: std::mem::take(&mut eng.log),
         elapsed_ms,
         interrupted: cpu::stop_requested(),
+        engine_priority,
     }
 }
 

@@ -227,4 +227,8 @@ pub struct RunState {
     pub elapsed_ms: u64,
     /// SIGINT/SIGTERM stopped it early.
     pub interrupted: bool,
+    /// The scheduling priority the event thread ran with ("nice -10", or why it kept the
+    /// default); the lag of each event is `ran_ms - at_ms` in the event log.
+    #[serde(default)]
+    pub engine_priority: String,
 }

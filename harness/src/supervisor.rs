@@ -296,6 +296,7 @@ fn crashed_state(job: &Job, why: String, log_path: &Path, initial_online: &[u32]
         events,
         elapsed_ms: 0,
         interrupted: false,
+        engine_priority: String::new(),
     }
 }
 
