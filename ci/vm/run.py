@@ -957,6 +957,10 @@ def harness_facts(s, rep, facts):
         s["notes"].append(f"schedule: {len(ran)} of {len(st['events'])} events ran, lag median "
                           f"{lags[len(lags) // 2]} ms, max {lags[-1]} ms; elapsed {st['elapsed_ms'] / 1000:.1f} s "
                           f"for {st['scenario']['duration_ms'] / 1000:.1f} s planned")
+        slow = max(ran, key=lambda e: e.get("took_ms", 0))
+        if slow.get("took_ms", 0) >= 100:
+            kind = slow["event"].get("event", "?")
+            s["notes"][-1] += f"; slowest event: {kind} took {slow['took_ms']} ms ({slow['outcome'][:60]})"
     s["seed"] = rep["seed"]
     idx = st["index"]
     if idx == "mm_cid" and fs < 28:

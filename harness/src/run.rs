@@ -823,7 +823,8 @@ impl Engine {
                 let ev = &events[next];
                 let ran_ms = start.elapsed().as_millis() as u64;
                 let outcome = self.exec(ev);
-                self.push_log(LogEntry { at_ms: ev.at_ms, ran_ms, event: ev.clone(), outcome });
+                let took_ms = (start.elapsed().as_millis() as u64).saturating_sub(ran_ms);
+                self.push_log(LogEntry { at_ms: ev.at_ms, ran_ms, took_ms, event: ev.clone(), outcome });
                 next += 1;
                 if cpu::stop_requested() {
                     break;
@@ -854,7 +855,8 @@ impl Engine {
                 | EventKind::FallbackOff { .. } => self.exec(ev),
                 _ => "not run: the run stopped first".into(),
             };
-            self.push_log(LogEntry { at_ms: ev.at_ms, ran_ms, event: ev.clone(), outcome });
+            let took_ms = (start.elapsed().as_millis() as u64).saturating_sub(ran_ms);
+            self.push_log(LogEntry { at_ms: ev.at_ms, ran_ms, took_ms, event: ev.clone(), outcome });
         }
     }
 

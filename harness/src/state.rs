@@ -163,6 +163,9 @@ pub struct LogEntry {
     pub at_ms: u64,
     /// Actual time, ms.
     pub ran_ms: u64,
+    /// How long the event took, ms.
+    #[serde(default)]
+    pub took_ms: u64,
     /// The event, as scheduled.
     pub event: crate::schedule::Event,
     /// What happened.
