@@ -1117,6 +1117,8 @@ def main():
     ap.add_argument("--work", default=str(ROOT / "target" / "vm"), help="work directory [%(default)s]")
     ap.add_argument("--json", help="write every result as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the per-boot initrds (logs are always kept)")
+    ap.add_argument("--max-minutes", type=float, help="time budget of the whole run: each boot's limit is cut "
+                    "to what is left, and the run fails (exit 2) when it runs out [none]")
     ap.add_argument("--verbose", "-v", action="store_true", help="stream the guests' consoles")
     o = ap.parse_args()
     global TCG_THREAD
@@ -1143,6 +1145,7 @@ def main():
 
 def run_all(o, series, many):
     t_all = time.time()
+    deadline = t_all + o.max_minutes * 60 if o.max_minutes else None
     for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "cargo"):
         if not shutil.which(tool):
             raise Fatal(f"{tool} is missing (ci/vm/run.sh installs the host packages)")
@@ -1196,8 +1199,20 @@ def run_all(o, series, many):
             log(f"\n== {s}: boot {bname} (-smp {smp},maxcpus={maxcpus}, limit {budget} s) {info['release']}")
             retries = []
             hot = o.hotadd if bname == "main" else 0
+            over = None
             for attempt in range(2):
-                r = boot(f"{s}/{bname}", vml, initrd, smp, maxcpus, mem, rundir, budget, o.verbose,
+                limit = budget
+                if deadline is not None:
+                    # The whole run has --max-minutes: a boot gets what is left, and none
+                    # starts with less than a minute.
+                    limit = min(budget, int(deadline - time.time()))
+                    if limit < 60:
+                        over = (f"not run: the run's time budget (--max-minutes {o.max_minutes:g}) ran out"
+                                + (" before the retry" if attempt else ""))
+                        break
+                    if limit < budget:
+                        log(f"   limit cut to {limit} s by --max-minutes {o.max_minutes:g}")
+                r = boot(f"{s}/{bname}", vml, initrd, smp, maxcpus, mem, rundir, limit, o.verbose,
                          o.hotadd_interval)
                 oops = [ln for ln in r["console_tail"].splitlines()
                         if re.search(r"Oops|BUG:|Kernel panic|general protection|int3", ln)]
@@ -1224,6 +1239,18 @@ def run_all(o, series, many):
                 shutil.copy(rundir / "console.log", kept)
                 log(f"   {why} (console: {kept})")
                 retries.append(why)
+            if over and attempt == 0:
+                # Reported as a failed boot: a kernel is never left out silently.
+                kr["boots"].append({"name": bname, "smp": smp, "maxcpus": maxcpus, "status": "not run",
+                                    "boot_s": None, "boot_retries": [], "wall_s": 0, "facts": {},
+                                    "steps": [{"name": "boot", "rc": None, "problems": [over], "notes": []}],
+                                    "acpi": None, "hotadd_events": [], "records": []})
+                log(f"   FAIL: {over}")
+                if not o.keep:
+                    initrd.unlink()
+                continue
+            if over:
+                retries.append(over)
             if r["boot_s"] is None:
                 steps, facts = evaluate(r, info, hot)
             b = {"name": bname, "smp": smp, "maxcpus": maxcpus, "status": r["status"], "boot_s": r["boot_s"],

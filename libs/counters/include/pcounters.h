@@ -61,6 +61,11 @@
  *   its handle check and its store (a thread stopped in a debugger), could still land in
  *   the new counter; stop adding before deleting if that matters.
  *
+ *   The kernel holds its CPU-hotplug lock during that membarrier, so pcounters_delete()
+ *   waits for a CPU offline/online operation that is in progress (milliseconds on
+ *   hardware; seconds in an emulated guest that is bringing a vCPU up). Adds and reads
+ *   never wait for it.
+ *
  * THREADS, SIGNALS
  *
  *   Every function is thread-safe. Functions marked "async-signal-safe" may be called
@@ -210,7 +215,8 @@ int pcounters_get(pcounters_counter counter, int64_t *value);
 /*
  * Deletes the counter; its name becomes free and the handle (every copy of it) is
  * refused from now on. Returns PCOUNTERS_OK, ENOENT (already deleted), EINVAL.
- * Thread-safe; not async-signal-safe.
+ * Thread-safe; not async-signal-safe. May wait for a CPU hotplug operation in progress
+ * (see HANDLES AND DELETION).
  */
 int pcounters_delete(pcounters_counter counter);
 
