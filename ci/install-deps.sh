@@ -2,7 +2,7 @@
 # Installs what the build and the tests need on a fresh Debian machine with rustup.
 set -euo pipefail
 missing=()
-for tool in gcc pkg-config nm make; do
+for tool in gcc pkg-config nm make python3 cpio dpkg-deb; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -12,6 +12,8 @@ if [ ${#missing[@]} -gt 0 ]; then
       gcc|make) pkgs+=(build-essential) ;;
       pkg-config) pkgs+=(pkg-config) ;;
       nm) pkgs+=(binutils) ;;
+      python3|cpio) pkgs+=("$t") ;;
+      dpkg-deb) pkgs+=(dpkg) ;;
     esac
   done
   echo "installing: ${pkgs[*]}"

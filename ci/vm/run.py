@@ -62,7 +62,7 @@ KERNELS = {
 }
 
 ATTEMPTS = 3
-TCG_THREAD = "multi"
+TCG_THREAD = "single"
 BACKOFF = (5, 15)
 
 
@@ -234,7 +234,9 @@ class KernelCache:
                 return self._use_cached(fallback, f"cannot download {name} {version} ({short_err(e)})")
             raise Fatal(f"kernel {k.series}: cannot download package {name} {version} from {url} "
                         f"after {ATTEMPTS} attempts: {short_err(e)}")
-        deb = next(tmp.glob("*.deb"))
+        deb = next(tmp.glob("*.deb"), None)
+        if deb is None:
+            raise Fatal(f"kernel {k.series}: apt-get download {name} left no .deb in {tmp}")
         part = self.kdir / (dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
@@ -274,6 +276,7 @@ def extract_kernel(deb: Path, dest: Path):
                 shutil.copyfileobj(src, out)
             if kind == "vmlinuz":
                 release = rel
+    p.stdout.close()
     p.wait()
     return release if p.returncode == 0 else None
 

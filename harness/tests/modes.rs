@@ -40,6 +40,28 @@ fn common_checks(r: &Run) {
         assert!(l["units"].as_u64().unwrap() > 0, "{} did no work", l["name"]);
         assert!(!l["checks"].as_array().unwrap().is_empty(), "{} never checked", l["name"]);
     }
+    // The event log says when each event ran and how long it took, and the summary says how
+    // well the run kept to its schedule.
+    let elapsed = st["elapsed_ms"].as_u64().unwrap();
+    let events = st["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    for e in events {
+        let (ran, took) = (e["ran_ms"].as_u64().unwrap(), e["took_ms"].as_u64().unwrap());
+        assert!(ran + took <= elapsed + 1, "event ends after the run: {e} (run {elapsed} ms)");
+    }
+    let prio = st["engine_priority"].as_str().unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(prio, "nice -10");
+    } else {
+        assert!(prio.starts_with("default"), "{prio}");
+    }
+    assert!(
+        r.stdout.contains(&format!("events: {} of {} ran", events.len(), events.len()))
+            || r.stdout.contains(" not run: the run stopped first)"),
+        "{}",
+        r.stdout
+    );
     // The summary table is there.
     assert!(r.stdout.contains("PASS: every invariant held"), "{}", r.stdout);
     assert!(r.stdout.contains("percpu_counter"));
