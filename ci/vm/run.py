@@ -971,6 +971,9 @@ def harness_facts(s, rep, facts):
                           "accepted their fall-back to cpu_id")
     if not rep["passed"]:
         s["problems"].append("harness: " + "; ".join(str(v) for v in rep["violations"])[:400])
+    if st["cpus"].get("cpuset_hierarchy"):
+        ok, refused = st["cpuset_changes"]
+        s["notes"].append(f"cpuset (cgroup {st['cpus']['cpuset_hierarchy']}): {ok} changes, {refused} refused")
     notes = [st["cpus"].get("hotplug_note"), st["cpus"].get("cpuset_note")]
     s["notes"] += [n for n in notes if n]
 

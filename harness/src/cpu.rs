@@ -8,7 +8,7 @@
 
 use std::ffi::{c_char, CString};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// CPUs whose hotplug state can be tracked (and restored).
@@ -325,29 +325,68 @@ pub fn set_affinity(tid: i32, cpus: &[u32]) -> io::Result<()> {
     }
 }
 
-/// The v1 cpuset cgroup of a run: created next to the process's cpuset, the process's
-/// threads moved in; `Drop` moves them back and removes it.
+/// Which cgroup hierarchy holds the cpuset controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v1: a `cpuset` hierarchy of its own; threads move one by one through `tasks`.
+    V1,
+    /// cgroup v2: the unified hierarchy; the whole process moves through `cgroup.procs`.
+    V2,
+}
+
+/// The cpuset cgroup of a run, `rseq-harness-<pid>`: on v1 created next to the process's
+/// cpuset, on v2 directly under the root of the unified hierarchy (the only place where any
+/// process may sit next to cgroups with controllers enabled). The process moves in; `Drop`
+/// moves it back to where it was and removes the cgroup.
 pub struct Cpuset {
     dir: PathBuf,
-    parent: PathBuf,
-    /// `cpuset.cpus` of the parent when the cgroup was made.
+    /// Where the process was, and goes back to.
+    home: PathBuf,
+    /// Which hierarchy.
+    pub hierarchy: Hierarchy,
+    /// v2: the cpuset controller was enabled in the root's `cgroup.subtree_control` by us
+    /// (disabled again by `Drop`, when nothing else uses it).
+    enabled_controller: bool,
+    /// The CPUs the cgroup started with (the parent's).
     pub parent_cpus: String,
 }
 
-/// The v1 cpuset hierarchy's mount point and this process's cpuset there.
-fn cpuset_parent() -> Option<PathBuf> {
+/// Where a run's cpuset cgroup goes: (hierarchy, directory to create it in, the process's
+/// current cgroup). v1 is preferred where a v1 cpuset hierarchy is mounted.
+fn cpuset_location() -> Option<(Hierarchy, PathBuf, PathBuf)> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    let mount = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 4 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "cpuset")).then(|| PathBuf::from(f[1]))
-    })?;
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = cg.lines().find_map(|l| {
-        let mut it = l.splitn(3, ':');
-        let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
-        ctl.split(',').any(|c| c == "cpuset").then(|| path.trim_start_matches('/').to_string())
-    })?;
-    Some(if rel.is_empty() { mount } else { mount.join(rel) })
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    pick_cpuset_location(&mounts, &cgroup, |mount| {
+        std::fs::read_to_string(mount.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpuset"))
+    })
+}
+
+/// `cpuset_location` on the text of /proc/self/mounts and /proc/self/cgroup;
+/// `v2_has_cpuset` says whether a cgroup2 mount's root offers the cpuset controller.
+fn pick_cpuset_location(
+    mounts: &str,
+    cgroup: &str,
+    v2_has_cpuset: impl Fn(&Path) -> bool,
+) -> Option<(Hierarchy, PathBuf, PathBuf)> {
+    // "ID:controllers:/path" lines; v2's is "0::/path".
+    let path_where = |want: &dyn Fn(&str) -> bool| {
+        cgroup.lines().find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
+            want(ctl).then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let under = |mount: &Path, rel: String| if rel.is_empty() { mount.to_path_buf() } else { mount.join(rel) };
+    let fields = || mounts.lines().map(|l| l.split_whitespace().collect::<Vec<&str>>()).filter(|f| f.len() >= 4);
+    let v1 = fields().find(|f| f[2] == "cgroup" && f[3].split(',').any(|o| o == "cpuset")).map(|f| PathBuf::from(f[1]));
+    if let Some(mount) = v1 {
+        let here = under(&mount, path_where(&|ctl: &str| ctl.split(',').any(|c| c == "cpuset"))?);
+        return Some((Hierarchy::V1, here.clone(), here));
+    }
+    let mount = fields().filter(|f| f[2] == "cgroup2").map(|f| PathBuf::from(f[1])).find(|m| v2_has_cpuset(m))?;
+    let here = under(&mount, path_where(&|ctl: &str| ctl.is_empty())?);
+    Some((Hierarchy::V2, mount, here))
 }
 
 /// Name of the cgroup directory of the run process `pid`.
@@ -356,39 +395,53 @@ pub fn cpuset_dir_name(pid: u32) -> String {
 }
 
 impl Cpuset {
-    /// Creates `rseq-harness-<pid>` and moves every thread of the process in; `Err` says why
-    /// not (unavailable, not writable).
+    /// Creates `rseq-harness-<pid>` and moves the process in; `Err` says why not
+    /// (unavailable, not writable).
     pub fn create() -> Result<Cpuset, String> {
-        let parent = cpuset_parent().ok_or("skipped: no v1 cpuset hierarchy mounted")?;
+        let (hierarchy, parent, home) = cpuset_location()
+            .ok_or("skipped: no cpuset controller (neither a v1 cpuset hierarchy nor cgroup v2 with cpuset)")?;
         let dir = parent.join(cpuset_dir_name(std::process::id()));
-        let parent_cpus = std::fs::read_to_string(parent.join("cpuset.cpus"))
-            .map_err(|e| format!("skipped: cannot read {}: {e}", parent.join("cpuset.cpus").display()))?;
-        let mems = std::fs::read_to_string(parent.join("cpuset.mems")).map_err(|e| format!("skipped: {e}"))?;
-        std::fs::create_dir(&dir)
-            .map_err(|e| format!("skipped: cannot create {} ({e}): not root / not writable", dir.display()))?;
-        let cs = Cpuset { dir, parent, parent_cpus: parent_cpus.trim().to_string() };
+        let mut enabled_controller = false;
+        let parent_cpus = match hierarchy {
+            Hierarchy::V1 => std::fs::read_to_string(parent.join("cpuset.cpus"))
+                .map_err(|e| format!("skipped: cannot read {}: {e}", parent.join("cpuset.cpus").display()))?,
+            Hierarchy::V2 => {
+                let ctl = parent.join("cgroup.subtree_control");
+                let on = std::fs::read_to_string(&ctl)
+                    .map_err(|e| format!("skipped: cannot read {}: {e}", ctl.display()))?;
+                if !on.split_whitespace().any(|c| c == "cpuset") {
+                    std::fs::write(&ctl, "+cpuset").map_err(|e| {
+                        format!("skipped: cannot enable cpuset in {} ({e}): not root / not writable", ctl.display())
+                    })?;
+                    enabled_controller = true;
+                }
+                rseq::topology::format_cpu_list(&online_cpus())
+            }
+        };
+        if let Err(e) = std::fs::create_dir(&dir) {
+            if enabled_controller {
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), "-cpuset");
+            }
+            return Err(format!("skipped: cannot create {} ({e}): not root / not writable", dir.display()));
+        }
+        let cs = Cpuset { dir, home, hierarchy, enabled_controller, parent_cpus: parent_cpus.trim().to_string() };
         let setup = || -> io::Result<()> {
-            std::fs::write(cs.dir.join("cpuset.mems"), mems.trim())?;
+            if hierarchy == Hierarchy::V1 {
+                // v1 starts a cpuset with no memory nodes and no CPUs; v2 inherits both.
+                let mems = std::fs::read_to_string(parent.join("cpuset.mems"))?;
+                std::fs::write(cs.dir.join("cpuset.mems"), mems.trim())?;
+            }
             std::fs::write(cs.dir.join("cpuset.cpus"), &cs.parent_cpus)?;
             Ok(())
         };
         setup().map_err(|e| format!("skipped: cannot configure {}: {e}", cs.dir.display()))?;
-        cs.move_all_in().map_err(|e| format!("skipped: cannot move threads into {}: {e}", cs.dir.display()))?;
+        cs.move_all_in().map_err(|e| format!("skipped: cannot move the process into {}: {e}", cs.dir.display()))?;
         Ok(cs)
     }
 
     /// Moves every thread of the process into the cgroup (new threads follow their creator).
     pub fn move_all_in(&self) -> io::Result<()> {
-        let mut last = Ok(());
-        for tid in task_ids() {
-            // A thread may exit meanwhile (ESRCH): ignore that.
-            if let Err(e) = std::fs::write(self.dir.join("tasks"), tid.to_string()) {
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    last = Err(e);
-                }
-            }
-        }
-        last
+        move_process(self.hierarchy, &self.dir)
     }
 
     /// Sets `cpuset.cpus`.
@@ -397,13 +450,36 @@ impl Cpuset {
     }
 }
 
+/// Moves the calling process (v2) or each of its threads (v1) into cgroup `dir`.
+fn move_process(hierarchy: Hierarchy, dir: &Path) -> io::Result<()> {
+    match hierarchy {
+        Hierarchy::V2 => std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()),
+        Hierarchy::V1 => {
+            let mut last = Ok(());
+            for tid in task_ids() {
+                // A thread may exit meanwhile (ESRCH): ignore that.
+                if let Err(e) = std::fs::write(dir.join("tasks"), tid.to_string()) {
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        last = Err(e);
+                    }
+                }
+            }
+            last
+        }
+    }
+}
+
 impl Drop for Cpuset {
     fn drop(&mut self) {
         for _ in 0..20 {
-            for tid in task_ids() {
-                let _ = std::fs::write(self.parent.join("tasks"), tid.to_string());
-            }
+            let _ = move_process(self.hierarchy, &self.home);
             if std::fs::remove_dir(&self.dir).is_ok() {
+                if self.enabled_controller {
+                    // Refused (EBUSY) when another cgroup has started to use it meanwhile.
+                    if let Some(root) = self.dir.parent() {
+                        let _ = std::fs::write(root.join("cgroup.subtree_control"), "-cpuset");
+                    }
+                }
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -415,7 +491,7 @@ impl Drop for Cpuset {
 /// Removes a run process's leftover cgroup (the supervisor does this after the run process
 /// is gone). Returns whether one was removed.
 pub fn remove_leftover_cpuset(pid: u32) -> bool {
-    let Some(parent) = cpuset_parent() else { return false };
+    let Some((_, parent, _)) = cpuset_location() else { return false };
     let dir = parent.join(cpuset_dir_name(pid));
     dir.exists() && std::fs::remove_dir(&dir).is_ok()
 }
@@ -423,6 +499,50 @@ pub fn remove_leftover_cpuset(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HYBRID_MOUNTS: &str = "tmpfs /sys/fs/cgroup tmpfs rw 0 0
+cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+    const HYBRID_CGROUP: &str = "5:cpu:/user.slice\n3:cpuset:/\n0::/user.slice/session-1.scope\n";
+    const V2_MOUNTS: &str = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+    const V2_CGROUP: &str = "0::/user.slice/session-1.scope\n";
+
+    #[test]
+    fn cpuset_location_prefers_v1_and_finds_the_process_there() {
+        let (h, parent, home) = pick_cpuset_location(HYBRID_MOUNTS, HYBRID_CGROUP, |_| true).unwrap();
+        assert_eq!(h, Hierarchy::V1);
+        assert_eq!(parent, PathBuf::from("/sys/fs/cgroup/cpuset"));
+        assert_eq!(home, parent);
+        let nested = "3:cpuset:/jobs/a\n0::/x\n";
+        let (_, parent, home) = pick_cpuset_location(HYBRID_MOUNTS, nested, |_| true).unwrap();
+        assert_eq!(
+            (parent.as_path(), home.as_path()),
+            (Path::new("/sys/fs/cgroup/cpuset/jobs/a"), Path::new("/sys/fs/cgroup/cpuset/jobs/a"))
+        );
+    }
+
+    #[test]
+    fn cpuset_location_on_v2_creates_under_the_root_and_returns_home() {
+        let (h, parent, home) =
+            pick_cpuset_location(V2_MOUNTS, V2_CGROUP, |m| m == Path::new("/sys/fs/cgroup")).unwrap();
+        assert_eq!(h, Hierarchy::V2);
+        assert_eq!(parent, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(home, PathBuf::from("/sys/fs/cgroup/user.slice/session-1.scope"));
+        let at_root = pick_cpuset_location(V2_MOUNTS, "0::/\n", |_| true).unwrap();
+        assert_eq!(at_root.2, PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn cpuset_location_without_a_cpuset_controller_is_none() {
+        // v2 mounted but cpuset bound elsewhere (or compiled out).
+        assert_eq!(pick_cpuset_location(V2_MOUNTS, V2_CGROUP, |_| false), None);
+        // No cgroup mounted at all.
+        assert_eq!(pick_cpuset_location("proc /proc proc rw 0 0\n", V2_CGROUP, |_| true), None);
+        // v1 cpuset mounted but the process has no cpuset line.
+        assert_eq!(pick_cpuset_location(HYBRID_MOUNTS, "0::/x\n", |_| true), None);
+    }
 
     #[test]
     fn signal_safe_restore_writes_marked_cpus() {

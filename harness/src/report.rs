@@ -180,11 +180,12 @@ pub fn summary(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "signals: {} sent, {} handled; affinity: {} set, {} refused; cpuset: {}",
+        "signals: {} sent, {} handled; affinity: {} set, {} refused; cpuset{}: {}",
         st.signals_sent,
         st.signals_received,
         st.affinity_changes.0,
         st.affinity_changes.1,
+        if st.cpus.cpuset_hierarchy.is_empty() { String::new() } else { format!(" ({})", st.cpus.cpuset_hierarchy) },
         st.cpus
             .cpuset_note
             .clone()

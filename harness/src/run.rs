@@ -645,7 +645,11 @@ pub fn run_job(job: Job) -> RunState {
         }
     }
     let restore_failures: Vec<String> = cpu::restore_all().into_iter().map(|(c, e)| format!("cpu{c}: {e}")).collect();
-    drop(eng.cpuset.take());
+    let cpuset_hierarchy = match eng.cpuset.take().map(|cs| cs.hierarchy) {
+        Some(cpu::Hierarchy::V1) => "v1",
+        Some(cpu::Hierarchy::V2) => "v2",
+        None => "",
+    };
     ctx.excluded.lock().unwrap().clear();
     *ctx.cpuset_cpus.lock().unwrap() = None;
     let all = cpu::online_cpus();
@@ -729,6 +733,7 @@ pub fn run_job(job: Job) -> RunState {
             restore_failures,
             hotplug_note: eng.hotplug_note.clone(),
             cpuset_note: eng.cpuset_note.clone(),
+            cpuset_hierarchy: cpuset_hierarchy.to_string(),
             work_by_cpu: ctx.work_by_cpu.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
             possible: rseq::topology::possible_cpus().to_vec(),
             added_during_run: std::mem::take(&mut eng.added_during_run),

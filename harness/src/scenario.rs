@@ -225,7 +225,7 @@ pub struct Scenario {
     pub churn: Churn,
     /// `sched_setaffinity` of random threads to random CPU subsets.
     pub affinity: Rated,
-    /// cpuset cgroup changes (v1 cpuset hierarchy, when available).
+    /// cpuset cgroup changes (a v1 cpuset hierarchy, else cgroup v2 with the cpuset controller).
     pub cpuset: Rated,
     /// CPU hotplug.
     pub hotplug: Hotplug,

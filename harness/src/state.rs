@@ -120,6 +120,9 @@ pub struct CpuState {
     pub hotplug_note: Option<String>,
     /// Why the cpuset disturbance was skipped, if it was.
     pub cpuset_note: Option<String>,
+    /// The cgroup hierarchy of the run's cpuset ("v1", "v2"; empty when there was none).
+    #[serde(default)]
+    pub cpuset_hierarchy: String,
     /// Work units done on each CPU (index = CPU number), sampled every
     /// `WORK_SAMPLE` units of each library: shows that CPUs onlined or hot-added during the
     /// run got work.

@@ -20,11 +20,15 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
-# A v1 cpuset hierarchy for the harness's cpuset disturbance (kernels without cgroup v1
-# cpusets just skip it; the harness reports why).
+# A cpuset hierarchy for the harness's cpuset disturbance: v1 where the kernel has it (6.1),
+# else the unified v2 hierarchy (6.12 and 7.3 are built without CONFIG_CPUSETS_V1).
 if mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null; then
   mkdir -p /sys/fs/cgroup/cpuset
-  mount -t cgroup -o cpuset cpuset /sys/fs/cgroup/cpuset 2>/dev/null || rmdir /sys/fs/cgroup/cpuset
+  if ! mount -t cgroup -o cpuset cpuset /sys/fs/cgroup/cpuset 2>/dev/null; then
+    rmdir /sys/fs/cgroup/cpuset
+    mkdir -p /sys/fs/cgroup/unified
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified 2>/dev/null || rmdir /sys/fs/cgroup/unified
+  fi
 fi
 # The data channel is a socket on the host: raw, no echo, both ways.
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
@@ -67,6 +71,7 @@ facts() {
   rec "FACT nproc $(nproc)"
   rec "FACT mem_kib $(awk '/MemTotal/ { print $2 }' /proc/meminfo)"
   rec "FACT cpuset_v1 $([ -d /sys/fs/cgroup/cpuset ] && echo yes || echo no)"
+  rec "FACT cgroup2_controllers $(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null || echo none)"
   rec "FACT uptime $(now)"
   dmesg > /tmp/dmesg.boot
   grep -E 'hotplug CPUs|Table Upgrade|ACPI: (FACP|APIC) |Allowing .* CPUs|smpboot: Total' /tmp/dmesg.boot |
