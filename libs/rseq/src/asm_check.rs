@@ -18,6 +18,7 @@ pub unsafe fn instantiate_all(w: PercpuPtr<u64>, f: PercpuPtr<AtomicU64>, s: Per
             percpu_add(index, w, f, 1);
             if let Some(area) = crate::ThreadArea::current() {
                 let _ = area.try_add_if_equal(index, w.base(), 0, w, 1);
+                let _ = area.try_add_if_equal_delayed(index, w.base(), 0, w, 1, 100);
             }
             let _ = percpu_load_compare_store(index, w, f, 0, 1);
             let _ = s.push(index, 1);

@@ -144,6 +144,34 @@ impl ThreadArea {
         (outcome(s), cpu)
     }
 
+    /// [`ThreadArea::try_add_if_equal`] that waits `spins` pause instructions between the
+    /// check and the add, inside the section. For tests: it widens a two-instruction window
+    /// so that a writer on another CPU can change `*check` while the section is open, which
+    /// shows whether the writer's membarrier really restarts it.
+    ///
+    /// # Safety
+    /// As for [`ThreadArea::try_add_if_equal`].
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn try_add_if_equal_delayed(
+        self,
+        index: Index,
+        check: *const u64,
+        expect: u64,
+        words: PercpuPtr<u64>,
+        amount: u64,
+        spins: u64,
+    ) -> (Outcome, u32) {
+        // SAFETY: forwarded contract.
+        let (s, cpu) = unsafe {
+            by_index!(
+                index,
+                add_if_equal_delayed(self.as_ptr(), check, expect, words.base().cast(), words.stride(), amount, spins)
+            )
+        };
+        (outcome(s), cpu)
+    }
+
     /// One critical section: if `words[idx] == expect`, store `new`.
     ///
     /// # Safety

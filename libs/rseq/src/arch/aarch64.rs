@@ -135,6 +135,59 @@ pub unsafe fn add_if_equal<const IDX: usize>(
     (status, cpu as u32)
 }
 
+/// See the x86_64 module's `add_if_equal_delayed` (`yield` in the loop).
+///
+/// # Safety
+/// As for [`add_if_equal`].
+#[inline(always)]
+pub unsafe fn add_if_equal_delayed<const IDX: usize>(
+    area: *mut RseqArea,
+    check: *const u64,
+    expect: u64,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+    spins: u64,
+) -> (u32, u32) {
+    let status: u32;
+    let cpu: u64;
+    // SAFETY: see the function's contract.
+    unsafe {
+        asm!(
+            begin!(),
+            "ldr {v}, [{check}]",
+            "cmp {v}, {expect}",
+            "b.ne 5f",
+            "mov {p}, {spins}",
+            "8:",
+            "yield",
+            "subs {p}, {p}, #1",
+            "b.ne 8b",
+            "ldr {cpu:w}, [{area}, #{idx}]",
+            "madd {p}, {cpu}, {stride}, {base}",
+            "ldr {v}, [{p}]",
+            "add {v}, {v}, {amount}",
+            "str {v}, [{p}]",
+            end!(),
+            area = in(reg) area,
+            check = in(reg) check,
+            expect = in(reg) expect,
+            base = in(reg) base,
+            stride = in(reg) stride,
+            amount = in(reg) amount,
+            spins = in(reg) spins.max(1),
+            idx = const IDX,
+            tmp = out(reg) _,
+            cpu = out(reg) cpu,
+            p = out(reg) _,
+            v = out(reg) _,
+            status = out(reg) status,
+            options(nostack),
+        );
+    }
+    (status, cpu as u32)
+}
+
 /// See the x86_64 module's `load_compare_store`.
 ///
 /// # Safety

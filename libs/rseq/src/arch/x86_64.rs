@@ -140,6 +140,59 @@ pub unsafe fn add_if_equal<const IDX: usize>(
     (status, cpu as u32)
 }
 
+/// [`add_if_equal`] with `spins` (at least 1) `pause` instructions between the check and
+/// the add: a test hook that holds the section open long enough for a writer on another CPU
+/// to change `*check` in the middle of it (the window of `add_if_equal` is two
+/// instructions). Returns (status, index).
+///
+/// # Safety
+/// As for [`add_if_equal`].
+#[inline(always)]
+pub unsafe fn add_if_equal_delayed<const IDX: usize>(
+    area: *mut RseqArea,
+    check: *const u64,
+    expect: u64,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+    spins: u64,
+) -> (u32, u32) {
+    let status: u32;
+    let cpu: u64;
+    // SAFETY: see the function's contract and the module's shape.
+    unsafe {
+        asm!(
+            begin!(),
+            "cmpq {expect}, ({check})",
+            "jne 5f",
+            "movq {spins}, {off}",
+            "8:",
+            "pause",
+            "decq {off}",
+            "jnz 8b",
+            "movl {idx}({area}), {cpu:e}",
+            "movq {cpu}, {off}",
+            "imulq {stride}, {off}",
+            "addq {amount}, ({base}, {off})",
+            end!(),
+            area = in(reg) area,
+            check = in(reg) check,
+            expect = in(reg) expect,
+            base = in(reg) base,
+            stride = in(reg) stride,
+            amount = in(reg) amount,
+            spins = in(reg) spins.max(1),
+            idx = const IDX,
+            tmp = out(reg) _,
+            cpu = out(reg) cpu,
+            off = out(reg) _,
+            status = out(reg) status,
+            options(att_syntax, nostack),
+        );
+    }
+    (status, cpu as u32)
+}
+
 /// If `*(base + idx*stride) == expect`, store `new` there. Returns (status, index).
 ///
 /// # Safety
