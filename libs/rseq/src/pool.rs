@@ -73,6 +73,14 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
+/// Puts a zeroed slot on a free list. When the list cannot grow (out of memory) the slot is
+/// left out: its address space stays reserved and unused, and nothing aborts.
+fn push_free(list: &mut Vec<NonNull<u8>>, slot: NonNull<u8>) {
+    if list.try_reserve(1).is_ok() {
+        list.push(slot);
+    }
+}
+
 fn class_index(class: usize) -> usize {
     (class.trailing_zeros() - MIN_CLASS.trailing_zeros()) as usize
 }
@@ -187,7 +195,8 @@ impl PercpuPool {
     /// Allocates a slot of at least `size` bytes aligned to `align` in every copy; every
     /// copy reads as zero. `size` is rounded up to a power of two of at least 8 (and at
     /// least `align`). `None` when `align` is not a power of two or exceeds 4096, when the
-    /// slot would exceed the stride, or when a new region cannot be mapped.
+    /// slot would exceed the stride, or when memory runs out (a new region cannot be mapped,
+    /// or the pool's tables cannot grow); the pool is unchanged then.
     pub fn alloc(&self, size: usize, align: usize) -> Option<PercpuPtr<u8>> {
         if !align.is_power_of_two() || align > MAX_ALIGN {
             return None;
@@ -197,6 +206,9 @@ impl PercpuPool {
             return None;
         }
         let mut inner = self.lock();
+        // The bookkeeping never aborts the process on OOM: room for the new entry first,
+        // so that a failure leaves everything as it was.
+        inner.live.try_reserve(1).ok()?;
         let slot = match inner.free[class_index(class)].pop() {
             Some(slot) => slot,
             None => self.bump_alloc(&mut inner, class)?,
@@ -210,6 +222,7 @@ impl PercpuPool {
         let mut off = inner.bump.next_multiple_of(class);
         if off + class > self.stride {
             // Recycle the rest of the full region as free slots, then start a new one.
+            inner.regions.try_reserve(1).ok()?;
             let from = inner.bump;
             self.carve(inner, from, self.stride);
             inner.bump = self.stride;
@@ -239,7 +252,7 @@ impl PercpuPool {
             let class = align.min(fit);
             // SAFETY: from < to <= stride: inside copy 0 of the region.
             let slot = unsafe { base.add(from) };
-            inner.free[class_index(class)].push(slot);
+            push_free(&mut inner.free[class_index(class)], slot);
             from += class;
         }
     }
@@ -295,7 +308,7 @@ impl PercpuPool {
         inner.live.remove(&addr);
         // Always Some: the address lies inside a mapping.
         if let Some(slot) = NonNull::new(p.base()) {
-            inner.free[class_index(class)].push(slot);
+            push_free(&mut inner.free[class_index(class)], slot);
         }
     }
 }
