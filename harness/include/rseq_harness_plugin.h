@@ -47,8 +47,9 @@
  *   rhp_check, and expects the plugin to work there.
  * - The plugin follows the project's coexistence contract (harness/README.md): it finds
  *   libc's rseq area through `__rseq_offset` / `__rseq_size` looked up at run time, never
- *   registers an area in its own TLS, clears `rseq_cs` after every critical section, and has
- *   a fallback path that never writes the words its critical sections write.
+ *   registers an area in its own TLS (only libc's reserved one, see
+ *   RHP_FLAG_REGISTERS_RESERVED_AREA), clears `rseq_cs` after every critical section, and
+ *   has a fallback path that never writes the words its critical sections write.
  */
 #ifndef RSEQ_HARNESS_PLUGIN_H
 #define RSEQ_HARNESS_PLUGIN_H
@@ -99,8 +100,14 @@ struct rhp_counts {
     uint32_t thread_mode;
     /* RHP_FLAG_* bits. */
     uint32_t flags;
+    /* With thread_mode RHP_MODE_UNAVAILABLE: the errno with which registering libc's
+     * reserved area failed for the calling thread (e.g. ENOSYS under a seccomp filter), or 0
+     * when the plugin did not try. (Was reserved space: plugins that zero it say "did not
+     * try".) */
+    int32_t unavailable_errno;
+    uint32_t pad;
     /* Zero; room for later versions. */
-    uint64_t reserved[4];
+    uint64_t reserved[3];
 };
 
 uint32_t rhp_plugin_abi_version(void);

@@ -3,9 +3,14 @@
  *
  * It is an independent rseq user, as someone else's library would be: its own per-CPU
  * counter, its own x86_64 critical section with its own rseq_cs descriptor, on the rseq
- * area that libc registered (found through __rseq_offset / __rseq_size at run time). When
- * libc did not register an area (__rseq_size == 0) or on other architectures it uses its
- * fallback path: atomic adds on a separate array that the critical section never writes.
+ * area in libc's thread control block (found through __rseq_offset / __rseq_size at run
+ * time). When libc registered that area (__rseq_size > 0) every thread has it. When libc
+ * only reserved it (__rseq_size == 0, e.g. GLIBC_TUNABLES=glibc.pthread.rseq=0), the plugin
+ * registers that same area for each thread on the thread's first use; if another library
+ * did so first, the kernel answers EBUSY and the area is just as usable. Where registering
+ * fails (no rseq in the kernel, a seccomp filter), where there is no area at all, and on
+ * other architectures it uses its fallback path: atomic adds on a separate array that the
+ * critical section never writes.
  *
  * Invariant (rhp_check, while quiescent): the per-CPU words plus the fallback words add up to
  * exactly the amounts that rhp_work added.
@@ -15,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -24,6 +30,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "rseq_harness_plugin.h"
@@ -45,6 +52,10 @@ struct slot {
 #define PLUGIN_AT_RSEQ_FEATURE_SIZE 27
 /* Restarts after which one add takes the fallback path. */
 #define MAX_RESTARTS 256
+/* Registration of libc's reserved area: its length (the original struct rseq) and the
+ * signature before every abort handler (the x86 one; see rseq_add). */
+#define RSEQ_REGISTER_LEN 32
+#define RSEQ_SIG 0x53053053
 
 /* Written only by the critical section. */
 static struct slot *rseq_slots;
@@ -55,6 +66,12 @@ static size_t slots_bytes;
 
 static ptrdiff_t rseq_offset;
 static int have_area;      /* libc registered the area (__rseq_size > 0) */
+static int reserved_area;  /* libc only reserved it (__rseq_offset without __rseq_size) */
+
+/* Per thread: registering libc's reserved area. */
+enum { REG_UNTRIED, REG_OURS, REG_PEER, REG_FAILED };
+static __thread int thread_reg;
+static __thread int thread_reg_errno;
 static uint64_t index_off; /* RSEQ_CPU_ID_OFFSET or RSEQ_MM_CID_OFFSET */
 static int forced_fallback;
 
@@ -106,13 +123,37 @@ static char *thread_pointer(void)
 #endif
 }
 
+#if defined(__x86_64__)
+/* Registers libc's reserved area for the calling thread, once, and remembers the outcome. */
+static int register_reserved_area(char *area)
+{
+    if (thread_reg == REG_UNTRIED) {
+        if (syscall(SYS_rseq, area, RSEQ_REGISTER_LEN, 0, RSEQ_SIG) == 0) {
+            thread_reg = REG_OURS;
+        } else if (errno == EBUSY) {
+            thread_reg = REG_PEER; /* another library registered it first */
+        } else {
+            thread_reg_errno = errno;
+            thread_reg = REG_FAILED;
+        }
+    }
+    return thread_reg;
+}
+#endif
+
 /* The calling thread's area, or NULL when the fallback path must run. */
 static char *thread_area(void)
 {
 #if defined(__x86_64__)
-    if (!have_area || forced_fallback)
+    if (forced_fallback)
         return NULL;
-    return thread_pointer() + rseq_offset;
+    if (have_area)
+        return thread_pointer() + rseq_offset;
+    if (reserved_area) {
+        char *area = thread_pointer() + rseq_offset;
+        return register_reserved_area(area) == REG_FAILED ? NULL : area;
+    }
+    return NULL;
 #else
     return NULL;
 #endif
@@ -221,6 +262,7 @@ API int rhp_setup(const char *config)
     const ptrdiff_t *off = dlsym(RTLD_DEFAULT, "__rseq_offset");
     const unsigned int *size = dlsym(RTLD_DEFAULT, "__rseq_size");
     have_area = off && size && *size > 0;
+    reserved_area = off && !have_area;
     rseq_offset = off ? *off : 0;
 
     index_off = RSEQ_CPU_ID_OFFSET;
@@ -299,15 +341,27 @@ API void rhp_report(struct rhp_counts *out)
     out->aborts = atomic_load_explicit(&abort_count, memory_order_relaxed);
     out->fallback_ops = atomic_load_explicit(&fallback_count, memory_order_relaxed);
     out->checks = atomic_load_explicit(&check_count, memory_order_relaxed);
-    out->flags = 0; /* does not register libc's reserved area itself */
-    char *area = thread_area();
+#if defined(__x86_64__)
+    out->flags = RHP_FLAG_REGISTERS_RESERVED_AREA;
+#endif
+    /* Reporting registers nothing: a thread that has not worked yet says what it finds. */
+    char *area = (have_area || reserved_area) ? thread_pointer() + rseq_offset : NULL;
+    int32_t cpu = -1;
+    if (area)
+        cpu = (int32_t)__atomic_load_n((uint32_t *)(area + RSEQ_CPU_ID_OFFSET), __ATOMIC_RELAXED);
     if (forced_fallback) {
         out->thread_mode = RHP_MODE_DISABLED;
-    } else if (area) {
-        int32_t cpu = (int32_t)__atomic_load_n((uint32_t *)(area + RSEQ_CPU_ID_OFFSET), __ATOMIC_RELAXED);
+    } else if (have_area) {
         out->thread_mode = cpu >= 0 ? RHP_MODE_LIBC_OWNED : RHP_MODE_UNAVAILABLE;
+    } else if (reserved_area && thread_reg == REG_OURS) {
+        out->thread_mode = RHP_MODE_REGISTERED_BY_US;
+    } else if (reserved_area && (thread_reg == REG_PEER || (thread_reg == REG_UNTRIED && cpu >= 0))) {
+        out->thread_mode = RHP_MODE_REGISTERED_BY_PEER;
+    } else if (reserved_area && thread_reg == REG_UNTRIED) {
+        out->thread_mode = RHP_MODE_UNKNOWN; /* decided at the thread's first rhp_work */
     } else {
         out->thread_mode = RHP_MODE_UNAVAILABLE;
+        out->unavailable_errno = thread_reg == REG_FAILED ? thread_reg_errno : 0;
     }
 }
 

@@ -29,8 +29,12 @@ pub struct RhpCounts {
     pub thread_mode: u32,
     /// `RHP_FLAG_*`.
     pub flags: u32,
+    /// errno of the failed registration behind `RHP_MODE_UNAVAILABLE`; 0: did not try.
+    pub unavailable_errno: i32,
+    /// Padding.
+    pub pad: u32,
     /// Reserved, zero.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 3],
 }
 
 type VersionFn = unsafe extern "C" fn() -> u32;
@@ -132,6 +136,9 @@ impl PluginAdapter {
     }
 }
 
+// The C struct is 72 bytes; the split of the old reserved words kept that size.
+const _: () = assert!(std::mem::size_of::<RhpCounts>() == 72);
+
 impl Participant for PluginAdapter {
     fn name(&self) -> &str {
         &self.name
@@ -161,11 +168,12 @@ impl Participant for PluginAdapter {
     }
 
     fn thread_mode(&self) -> ThreadMode {
-        match self.raw_report().thread_mode {
+        let c = self.raw_report();
+        match c.thread_mode {
             1 => ThreadMode::LibcOwned,
             2 => ThreadMode::RegisteredByUs,
             3 => ThreadMode::RegisteredByPeer,
-            4 => ThreadMode::Unavailable { errno: 0 },
+            4 => ThreadMode::Unavailable { errno: c.unavailable_errno },
             5 => ThreadMode::Disabled,
             other => ThreadMode::Unknown(other as i64),
         }
