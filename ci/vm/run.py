@@ -62,7 +62,15 @@ KERNELS = {
 }
 
 ATTEMPTS = 3
-TCG_THREAD = "single"
+# "single", "multi", or "auto": single-threaded TCG for boots of at most 8 vCPUs, multi-threaded
+# for the 16/32-vCPU boots (see --tcg-thread).
+TCG_THREAD = "auto"
+
+
+def tcg_thread_for(maxcpus):
+    if TCG_THREAD != "auto":
+        return TCG_THREAD
+    return "single" if maxcpus <= 8 else "multi"
 BACKOFF = (5, 15)
 
 
@@ -519,7 +527,7 @@ class Guest:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         self.cmd = [
-            "qemu-system-x86_64", "-accel", f"tcg,thread={TCG_THREAD}", "-m", mem,
+            "qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread_for(maxcpus)}", "-m", mem,
             "-smp", f"{smp},maxcpus={maxcpus}" if maxcpus != smp else str(smp),
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 loglevel=5",
@@ -1041,7 +1049,8 @@ def print_kernel(kr):
         f"{info.get('version', '?')})")
     for b in kr["boots"]:
         f = b["facts"]
-        log(f"  boot {b['name']}: -smp {b['smp']},maxcpus={b['maxcpus']}: {b['status']}, boot {b['boot_s']} s, "
+        log(f"  boot {b['name']}: -smp {b['smp']},maxcpus={b['maxcpus']} ({b.get('tcg', '?')}-threaded TCG): "
+            f"{b['status']}, boot {b['boot_s']} s, "
             f"total {b['wall_s']} s; possible {f.get('possible', ['?'])[0]}, online {f.get('online', ['?'])[0]}"
             + (f"; {b['acpi']}" if b.get("acpi") else ""))
         for why in b.get("boot_retries", []):
@@ -1102,9 +1111,10 @@ def main():
                     "rare (the rseq storm tests then fail); it makes the guest several times slower. "
                     "auto = on for the rseq tests and the harness runs of the 2-8 vCPU boot, except "
                     "the hot-add run in --short; off in the 16/32 vCPU boots [%(default)s]")
-    ap.add_argument("--tcg-thread", choices=("multi", "single"), default="single",
+    ap.add_argument("--tcg-thread", choices=("auto", "multi", "single"), default="auto",
                     help="qemu TCG threading: multi = one host thread per vCPU; single = all vCPUs "
-                    "round-robin on one host thread (slower, no cross-vCPU code-patching races) "
+                    "round-robin on one host thread (no cross-vCPU code-patching races; too slow "
+                    "for 32 vCPUs); auto = single up to 8 vCPUs, multi for the 16/32-vCPU boots "
                     "[%(default)s]")
     ap.add_argument("--no-hotadd", action="store_true", help="no vCPU hot-add")
     ap.add_argument("--many-duration", type=float, default=10, help="seconds of each 16/32-vCPU harness run "
@@ -1259,7 +1269,8 @@ def run_all(o, series, many):
                 retries.append(over)
             if r["boot_s"] is None:
                 steps, facts = evaluate(r, info, hot)
-            b = {"name": bname, "smp": smp, "maxcpus": maxcpus, "status": r["status"], "boot_s": r["boot_s"],
+            b = {"name": bname, "smp": smp, "maxcpus": maxcpus, "tcg": tcg_thread_for(maxcpus),
+                 "status": r["status"], "boot_s": r["boot_s"],
                  "boot_retries": retries,
                  "wall_s": r["wall_s"], "facts": facts, "steps": steps, "acpi": acpi_note,
                  "hotadd_events": r["hotadd_events"], "records": r["records"]}
