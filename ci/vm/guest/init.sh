@@ -78,13 +78,30 @@ facts() {
     sed 's/^\[[ 0-9.]*\] //' | while read -r l; do rec "FACT dmesg $l"; done
 }
 
+# stuck_report NAME : where the payload's threads are blocked, for a step about to time out:
+# each thread's kernel wait channel and stack, and the kernel's list of blocked tasks.
+stuck_report() {
+  echo "=== [$1] still running near its time limit: the payload's threads"
+  for p in /proc/[0-9]*; do
+    [ "$p/exe" -ef /payload/bin/harness ] || [ "$p/exe" -ef "/payload/tests/${1#rseq.}" ] || continue
+    for t in "$p"/task/[0-9]*; do
+      echo "--- ${t#/proc/} $(cat "$t/comm" 2>/dev/null) state=$(awk '/^State:/ { print $2 }' "$t/status" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+      head -8 "$t/stack" 2>/dev/null
+    done
+  done
+  echo w > /proc/sysrq-trigger 2>/dev/null
+}
+
 # run_step NAME TIMEOUT CMD... : runs CMD with a timeout; output to the console and the host.
 run_step() {
   name=$1; t=$2; shift 2
   rec "BEGIN $name"
   echo "=== [$name] $*"
   t0=$(now)
+  ( sleep $((t > 30 ? t - 10 : t)); stuck_report "$name" ) > /dev/console 2>&1 &
+  watch_pid=$!
   { timeout -k 5 "$t" "$@"; echo $? > /tmp/rc; } 2>&1 | tee "/tmp/out.$name"
+  kill "$watch_pid" 2>/dev/null
   rc=$(cat /tmp/rc)
   [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$name] TIMEOUT after $t s"
   sendfile "out.$name" "/tmp/out.$name"
