@@ -67,6 +67,10 @@ ATTEMPTS = 3
 TCG_THREAD = "auto"
 
 
+# Extra arguments for every harness run (--harness-arg).
+HARNESS_ARGS = []
+
+
 def tcg_thread_for(maxcpus):
     if TCG_THREAD != "auto":
         return TCG_THREAD
@@ -807,7 +811,7 @@ def harness_cmd(pl: Payload, name, args, seed):
         cmd += ["--plugin", f"/payload/plugins/{p.name}"]
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    return cmd + args
+    return cmd + args + HARNESS_ARGS
 
 
 def main_plan(pl: Payload, o):
@@ -1137,10 +1141,14 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the per-boot initrds (logs are always kept)")
     ap.add_argument("--max-minutes", type=float, help="time budget of the whole run: each boot's limit is cut "
                     "to what is left, and the run fails (exit 2) when it runs out [none]")
+    ap.add_argument("--harness-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for every harness run, e.g. --harness-arg=--no-cpuset "
+                    "(repeatable; later ones override the runner's)")
     ap.add_argument("--verbose", "-v", action="store_true", help="stream the guests' consoles")
     o = ap.parse_args()
-    global TCG_THREAD
+    global TCG_THREAD, HARNESS_ARGS
     TCG_THREAD = o.tcg_thread
+    HARNESS_ARGS = list(o.harness_arg)
     if o.short and o.full:
         ap.error("--short and --full exclude each other")
     o.duration = o.duration if o.duration is not None else (6 if o.short else 10)

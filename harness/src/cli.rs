@@ -13,7 +13,7 @@ use crate::scenario::{HotplugMode, IndexMode, LibSpec, RegMode, Scenario};
 /// 0 only when every invariant held (1: an invariant broke, 2: the run could not start,
 /// 130: interrupted).
 #[derive(Debug, Parser)]
-#[command(name = "harness", version, args_conflicts_with_subcommands = true)]
+#[command(name = "harness", version, args_conflicts_with_subcommands = true, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

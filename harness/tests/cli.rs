@@ -107,3 +107,20 @@ fn scenario_file_and_overrides() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/scenario.json"), "{err}");
 }
+
+#[test]
+fn a_repeated_option_takes_its_last_value() {
+    // Scripts (the kernel-matrix runner's --harness-arg) append options to override earlier ones.
+    let (code, out, err) = harness_out(&[
+        "--print-scenario",
+        "--no-default-libs",
+        "--plugin",
+        example_plugin().to_str().unwrap(),
+        "--duration",
+        "1",
+        "--duration",
+        "2.5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"duration_ms\": 2500"), "{out}");
+}
