@@ -851,7 +851,9 @@ def many_plan(pl: Payload, o, n):
     lines = ["singlestep on"] if o.singlestep == "on" else []
     for index in ("cpu_id", "mm_cid"):
         name = f"harness.smp{n}.{index}"
-        lines.append(shlex.join(["harness_step", name, str(int(o.many_duration * 6 + 120)),
+        # A CPU going offline in a 32-vCPU guest on a 2-CPU host took up to ~100 s (stop_machine
+        # waits for every vCPU), and a quiesced check waits for it: 8 s more per vCPU.
+        lines.append(shlex.join(["harness_step", name, str(int(o.many_duration * 6 + 120 + 8 * n)),
                                  *harness_cmd(pl, name, ["--index", index, "--hotplug", "real", "--threads",
                                                          str(n), "--duration", str(o.many_duration)], o.seed)]))
     if o.many_tests:
