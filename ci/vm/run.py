@@ -339,11 +339,15 @@ def build_payload(profile, work: Path) -> Payload:
     if not pl.harness or not pl.tests:
         raise Fatal("build: the harness or the rseq test binaries were not produced")
     plugdir = ROOT / "harness" / "plugins"
-    if (plugdir / "Makefile").is_file() and shutil.which("cc"):
-        out = work / "plugins"
+    if (plugdir / "Makefile").is_file():
+        if not shutil.which("cc") or not shutil.which("make"):
+            raise Fatal("build: the harness plugins need cc and make")
+        out = work.resolve() / "plugins"
         log(f"build: make -C harness/plugins OUT={out}")
         run(["make", "-s", "-C", str(plugdir), f"OUT={out}"])
         pl.plugins = sorted(out.glob("*.so"))
+        if not pl.plugins:
+            raise Fatal(f"build: make -C harness/plugins produced no plugin in {out}")
     return pl
 
 
@@ -912,6 +916,11 @@ def evaluate(boot_res, kernel_info, expect_hotadd):
     for s in steps:
         out = files.get(f"out.{s['name']}", b"").decode(errors="replace")
         s["output_tail"] = "\n".join(out.splitlines()[-40:])
+        clock = facts.get(f"clocksource.{s['name']}", [""])[0]
+        if clock and clock != "tsc":
+            s["notes"].append(f"guest clock source at the end: {clock} (slow reads under TCG)")
+        for line in facts.get(f"kernel.{s['name']}", []):
+            s["notes"].append(f"guest kernel: {line}")
         if s["rc"] is None:
             s["problems"].append("did not finish (guest hung or died)")
         elif s["rc"] in (143, 137):
@@ -1096,6 +1105,25 @@ def print_kernel(kr):
                 log(f"      {line}")
 
 
+def print_failures(results):
+    """Repeats every failed step at the very end, where a log cut to its head and tail still shows it."""
+    failed = [(kr, b, s) for kr in results for b in kr["boots"] for s in b["steps"] if s["problems"]]
+    if not failed:
+        return
+    log("")
+    log(f"FAILED STEPS ({len(failed)}):")
+    for kr, b, s in failed:
+        seed = f", seed {s['seed']}" if s.get("seed") is not None else ""
+        log(f"  {kr['series']}/{b['name']}/{s['name']}{seed}:")
+        for p in s["problems"]:
+            log(f"    PROBLEM: {p}")
+        for n in s["notes"]:
+            if n.startswith(("schedule:", "QMP device_add", "harness:")):
+                log(f"    {n}")
+        for line in (s.get("output_tail") or "").splitlines()[-12:]:
+            log(f"    | {line}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="CI mode: short harness runs (about 20 s of payload "
@@ -1177,7 +1205,7 @@ def run_all(o, series, many):
     for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "cargo"):
         if not shutil.which(tool):
             raise Fatal(f"{tool} is missing (ci/vm/run.sh installs the host packages)")
-    cache, work = Path(o.cache), Path(o.work)
+    cache, work = Path(o.cache).resolve(), Path(o.work).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -1308,6 +1336,7 @@ def run_all(o, series, many):
         log(f"{kr['series']:>5}  {'PASS' if kr['passed'] else 'FAIL'}  {kr['package'].get('release', '?'):<32} "
             + "  ".join(f"{b['name']} {b['wall_s']} s (boot {b['boot_s']} s)" for b in kr["boots"]))
     log("host: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    print_failures(results)
     ok = all(kr["passed"] for kr in results)
     log(f"VM MATRIX: {'PASS' if ok else 'FAIL'}")
     if o.json:

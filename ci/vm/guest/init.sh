@@ -74,6 +74,7 @@ facts() {
   rec "FACT cgroup2_controllers $(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null || echo none)"
   rec "FACT uptime $(now)"
   dmesg > /tmp/dmesg.boot
+  wc -l < /tmp/dmesg.boot > /tmp/dmesg.seen
   grep -E 'hotplug CPUs|Table Upgrade|ACPI: (FACP|APIC) |Allowing .* CPUs|smpboot: Total' /tmp/dmesg.boot |
     sed 's/^\[[ 0-9.]*\] //' | while read -r l; do rec "FACT dmesg $l"; done
 }
@@ -92,6 +93,18 @@ stuck_report() {
   echo w > /proc/sysrq-trigger 2>/dev/null
 }
 
+# kernel_news NAME : after a step, the clock source in use and the kernel's messages since the
+# previous call that bear on timing (clock source changes, watchdogs, stalls, lockups).
+kernel_news() {
+  rec "FACT clocksource.$1 $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)"
+  dmesg > /tmp/dmesg.now
+  seen=$(cat /tmp/dmesg.seen 2>/dev/null || echo 0)
+  tail -n +$((seen + 1)) /tmp/dmesg.now |
+    grep -iE 'clocksource|tsc|watchdog|stall|lockup|hung|blocked for' | head -20 |
+    sed 's/^\[[ 0-9.]*\] //' | while read -r l; do rec "FACT kernel.$1 $l"; done
+  wc -l < /tmp/dmesg.now > /tmp/dmesg.seen
+}
+
 # run_step NAME TIMEOUT CMD... : runs CMD with a timeout; output to the console and the host.
 run_step() {
   name=$1; t=$2; shift 2
@@ -106,6 +119,7 @@ run_step() {
   [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$name] TIMEOUT after $t s"
   sendfile "out.$name" "/tmp/out.$name"
   [ -f "/tmp/json.$name" ] && sendfile "json.$name" "/tmp/json.$name"
+  kernel_news "$name"
   rec "END $name rc=$rc secs=$(secs_since "$t0")"
   echo "=== [$name] rc=$rc"
 }
@@ -146,6 +160,8 @@ hotadd_step() {
   rss_pid=$!
   ( timeout -k 5 "$t" "$@" > "/tmp/out.$name" 2>&1; echo $? > /tmp/rc ) &
   run_pid=$!
+  ( sleep $((t > 30 ? t - 10 : t)); stuck_report "$name" ) > /dev/console 2>&1 &
+  watch_pid=$!
   sleep "$settle"
   rec "HOTADD READY $new"
   echo "=== [$name] host may add $new vCPUs (present: $initial)"
@@ -187,7 +203,9 @@ hotadd_step() {
   # Bring back anything the cycles or the harness left offline, then wait for the payload.
   for c in $added; do echo 1 > "/sys/devices/system/cpu/cpu$c/online" 2>/dev/null; done
   wait $run_pid
+  kill "$watch_pid" 2>/dev/null
   rc=$(cat /tmp/rc)
+  [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$name] TIMEOUT after $t s"
   cpu_ticks > /tmp/ticks1
   kill $rss_pid 2>/dev/null
   rec "FACT rss_kib.$name $(cat "/tmp/rss.$name" 2>/dev/null)"
@@ -197,6 +215,7 @@ hotadd_step() {
   cat "/tmp/out.$name"
   sendfile "out.$name" "/tmp/out.$name"
   [ -f "/tmp/json.$name" ] && sendfile "json.$name" "/tmp/json.$name"
+  kernel_news "$name"
   rec "END $name rc=$rc secs=$(secs_since "$t0")"
   echo "=== [$name] rc=$rc"
 }

@@ -258,5 +258,43 @@ class Budget(unittest.TestCase):
         self.assertEqual(run.plan_budget(plan), 608)
 
 
+class Verdicts(unittest.TestCase):
+    """A timed-out harness step in a guest's records becomes a failure that the end of the log repeats."""
+
+    def boot_result(self):
+        recs = ["BOOTED", "FACT kernel 6.12.0", "BEGIN harness.hotadd", "FACT clocksource.harness.hotadd hpet",
+                "FACT kernel.harness.hotadd clocksource: Switched to clocksource hpet",
+                "END harness.hotadd rc=143 secs=150.2", "DONE"]
+        out = "".join(f"line {i}\n" for i in range(60)).encode()
+        return {"records": recs, "files": {"out.harness.hotadd": out}, "done": True, "status": "exited",
+                "console_full": "", "console_tail": "", "hotadd_events": [], "smp": 2}
+
+    def test_a_timed_out_step_fails_and_is_repeated_at_the_end(self):
+        steps, _ = run.evaluate(self.boot_result(), {}, 0)
+        self.assertEqual([s["name"] for s in steps], ["harness.hotadd"])
+        st = steps[0]
+        self.assertIn("timed out in the guest", st["problems"])
+        self.assertIn("no JSON report", st["problems"])
+        self.assertTrue(any("clock source at the end: hpet" in n for n in st["notes"]), st["notes"])
+        self.assertTrue(any("Switched to clocksource hpet" in n for n in st["notes"]), st["notes"])
+        results = [{"series": "6.12", "passed": False, "boots": [{"name": "main", "steps": steps}]}]
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            run.print_failures(results)
+        text = buf.getvalue()
+        self.assertIn("FAILED STEPS (1):", text)
+        self.assertIn("6.12/main/harness.hotadd", text)
+        self.assertIn("PROBLEM: timed out in the guest", text)
+        self.assertIn("| line 59", text)
+        self.assertNotIn("| line 47", text)
+
+    def test_nothing_is_repeated_when_every_step_passed(self):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            run.print_failures([{"series": "6.1", "passed": True, "boots": [{"name": "main", "steps": [
+                {"name": "rseq.ops", "problems": [], "notes": []}]}]}])
+        self.assertEqual(buf.getvalue(), "")
+
+
 if __name__ == "__main__":
     unittest.main()
