@@ -14,6 +14,7 @@ mod run;
 mod scenario;
 mod schedule;
 mod state;
+mod stuck;
 mod supervisor;
 
 use std::path::PathBuf;

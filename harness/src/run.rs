@@ -110,6 +110,9 @@ struct Ctx {
     panics: Mutex<Vec<String>>,
 }
 
+/// A quiesced check waiting this long for the work units in flight prints where the threads are.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
 impl Slot {
     /// Exclusive access: waits for the work units in flight and keeps new ones out (workers
     /// skip this library meanwhile), so that checks see a quiescent library.
@@ -658,7 +661,8 @@ pub fn run_job(job: Job) -> RunState {
     // Final checks, then unload in reverse load order.
     let at = elapsed_ms;
     for slot in &ctx.slots {
-        let g = slot.quiesced();
+        let g =
+            crate::stuck::watch(&format!("final check of {}", slot.path.display()), STUCK_AFTER, || slot.quiesced());
         if let Some(l) = g.as_ref() {
             if slot.forced.swap(false, Ordering::SeqCst) {
                 l.p.force_fallback(false);
@@ -827,6 +831,11 @@ impl Engine {
             while next < events.len() && events[next].at_ms <= now {
                 let ev = &events[next];
                 let ran_ms = start.elapsed().as_millis() as u64;
+                // A run that fell behind (slow checks on a loaded machine) ends at its
+                // duration all the same: the backlog is reported as not run below.
+                if ran_ms >= duration {
+                    break;
+                }
                 let outcome = self.exec(ev);
                 let took_ms = (start.elapsed().as_millis() as u64).saturating_sub(ran_ms);
                 self.push_log(LogEntry { at_ms: ev.at_ms, ran_ms, took_ms, event: ev.clone(), outcome });
@@ -1020,12 +1029,23 @@ impl Engine {
             },
             EventKind::Check { lib } => match self.slot(lib) {
                 Some(slot) => {
-                    let g = slot.quiesced();
+                    let asked = Instant::now();
+                    let g = crate::stuck::watch(&format!("check of {}", slot.path.display()), STUCK_AFTER, || {
+                        slot.quiesced()
+                    });
+                    let waited = asked.elapsed().as_millis();
                     let Some(l) = g.as_ref() else { return "skipped: not loaded".into() };
                     let r = l.p.check();
+                    // Where a slow check spent its time: waiting for the work units in flight,
+                    // or checking.
+                    let wait_note = if waited >= 100 {
+                        format!("; waited {waited} ms for the units in flight")
+                    } else {
+                        String::new()
+                    };
                     let out = match &r {
-                        Ok(c) => format!("{}: ok ({} facts)", l.p.name(), c.checked),
-                        Err(m) => format!("{}: BROKEN: {m}", l.p.name()),
+                        Ok(c) => format!("{}: ok ({} facts{wait_note})", l.p.name(), c.checked),
+                        Err(m) => format!("{}: BROKEN: {m}{wait_note}", l.p.name()),
                     };
                     record_check(&slot, ctx.ms(), "mid-run", r);
                     out
