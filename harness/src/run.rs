@@ -110,6 +110,9 @@ struct Ctx {
     panics: Mutex<Vec<String>>,
 }
 
+/// How long a worker sleeps when it finds a library being quiesced.
+const QUIESCE_BACKOFF: Duration = Duration::from_micros(500);
+
 /// A quiesced check waiting this long for the work units in flight prints where the threads are.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 
@@ -137,7 +140,13 @@ impl Ctx {
     /// One work unit of `slot` on the calling thread; samples the thread's mode the first
     /// time this thread uses this incarnation.
     fn unit(&self, slot: &Slot, seed: u64, seen: &mut u32) {
-        let Ok(g) = slot.state.try_read() else { return };
+        let Ok(g) = slot.state.try_read() else {
+            // A check or a reload is waiting for the units in flight: step aside instead of
+            // spinning past it, so that those units get the CPU (on a crowded CPU, or in an
+            // emulated guest, spinning skippers starved them for tens of seconds).
+            std::thread::sleep(QUIESCE_BACKOFF);
+            return;
+        };
         let Some(l) = g.as_ref() else { return };
         if let Err(msg) = l.p.work(seed) {
             let n = slot.work_error_count.fetch_add(1, Ordering::Relaxed);
