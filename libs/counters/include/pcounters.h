@@ -55,7 +55,8 @@
  *   5.10+) after marking the counter deleted: when it returns, no add that saw the old
  *   handle can still land, however long its thread was suspended. The storage of a
  *   deleted counter is reused by a new counter (which starts at 0) no sooner than 100 ms
- *   after the delete - earlier only when all PCOUNTERS_MAX_COUNTERS slots are taken. That
+ *   after that membarrier - earlier only when all PCOUNTERS_MAX_COUNTERS slots are taken,
+ *   never before the membarrier has returned. That
  *   delay is what protects adds on the fallback path (threads without rseq, or a kernel
  *   without the rseq membarrier): only such an add, suspended for longer than that between
  *   its handle check and its store (a thread stopped in a debugger), could still land in
@@ -63,8 +64,10 @@
  *
  *   The kernel holds its CPU-hotplug lock during that membarrier, so pcounters_delete()
  *   waits for a CPU offline/online operation that is in progress (milliseconds on
- *   hardware; seconds in an emulated guest that is bringing a vCPU up). Adds and reads
- *   never wait for it.
+ *   hardware; seconds in an emulated guest that is bringing a vCPU up). Nothing else
+ *   waits with it: the delete makes the counter dead and its name free first, then issues
+ *   the membarrier without holding the library's lock, so adds, reads, creates, lookups,
+ *   exports, other deletes and fork proceed meanwhile.
  *
  * THREADS, SIGNALS
  *

@@ -205,6 +205,14 @@ pub fn rseq_stats() -> Stats {
     rseq::stats()
 }
 
+/// Test hook: while `true`, every [`Counter::delete`] stops after marking its counter dead
+/// and freeing its name, before its membarrier, until called again with `false`. Lets tests
+/// check what other threads may do meanwhile. Not for production use.
+#[doc(hidden)]
+pub fn hold_delete_fences(on: bool) {
+    registry::hold_fences(on);
+}
+
 /// Sends every add of this library copy down the fallback path (`true`), or back to rseq
 /// where available (`false`). For tests and benchmarks: counts stay exact either way.
 pub fn force_fallback(on: bool) {

@@ -17,6 +17,9 @@ use crate::table::{self, CHUNK_LEN, MAX_COUNTERS, STRIDE};
 /// taken): an add that read the old handle just before the delete has long finished by then.
 pub(crate) const REUSE_DELAY_NS: u64 = 100_000_000;
 
+/// Quarantine time of a slot whose delete has not finished its membarrier: never reused.
+const FENCE_PENDING: u64 = u64::MAX;
+
 /// FNV-1a: names are short, and the registry needs a hasher with a `const` constructor
 /// and no per-thread random keys.
 #[derive(Default)]
@@ -44,8 +47,9 @@ struct Registry {
     names: HashMap<String, u32, BuildHasherDefault<Fnv>>,
     /// The name of each slot's live counter.
     slot_names: Vec<Option<String>>,
-    /// Deleted slots and their deletion time, oldest first. Its capacity is kept at least
-    /// `nslots`, so a delete never allocates.
+    /// Deleted slots and the time their delete's fence completed ([`FENCE_PENDING`] until
+    /// then), in deletion order. Its capacity is kept at least `nslots`, so a delete never
+    /// allocates.
     quarantine: VecDeque<(u32, u64)>,
 }
 
@@ -75,14 +79,17 @@ impl Registry {
     /// A slot for a new counter: the oldest deleted one once its quarantine is over (or when
     /// every slot is taken), else a fresh one.
     fn take_slot(&mut self) -> Result<usize, Error> {
-        if let Some(&(slot, deleted_at)) = self.quarantine.front() {
-            if now_ns().wrapping_sub(deleted_at) >= REUSE_DELAY_NS || self.nslots == MAX_COUNTERS {
+        if let Some(&(slot, fenced_at)) = self.quarantine.front() {
+            if fenced_at != FENCE_PENDING && now_ns().saturating_sub(fenced_at) >= REUSE_DELAY_NS {
                 self.quarantine.pop_front();
                 return Ok(slot as usize);
             }
         }
         if self.nslots == MAX_COUNTERS {
-            return Err(Error::NoSpace);
+            // Every slot is taken: the oldest fenced one, quarantine or not.
+            let i = self.quarantine.iter().position(|&(_, t)| t != FENCE_PENDING).ok_or(Error::NoSpace)?;
+            let (slot, _) = self.quarantine.remove(i).ok_or(Error::Internal)?;
+            return Ok(slot as usize);
         }
         let slot = self.nslots;
         if slot.is_multiple_of(CHUNK_LEN) {
@@ -113,6 +120,7 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn after_fork_in_child() {
     // SAFETY: the child's only thread is the one that took the lock in `before_fork`.
     unsafe { REGISTRY.reset_in_child() };
+    end_pending_fences(&mut REGISTRY.lock());
 }
 
 const ATFORK_NONE: u8 = 0;
@@ -171,16 +179,43 @@ pub(crate) fn create(name: &str, index: Index) -> Result<u64, Error> {
     Ok(h)
 }
 
-/// Deletes the live counter `h`.
+/// Deletes the live counter `h`: marks it dead and frees its name under the lock, then
+/// fences the rseq adds in flight without the lock (the membarrier can wait for a CPU
+/// hotplug operation, and other registry users must not wait with it), then starts the
+/// slot's quarantine.
 pub(crate) fn delete(h: u64) -> Result<(), Error> {
+    let slot = {
+        let mut r = REGISTRY.lock();
+        let slot = table::retire(h)?;
+        if let Some(name) = r.slot_names.get_mut(slot).and_then(Option::take) {
+            r.names.remove(&name);
+        }
+        // Never reallocates: the capacity covers every slot.
+        r.quarantine.push_back((slot as u32, FENCE_PENDING));
+        slot as u32
+    };
+    table::fence_rseq_adds();
     let mut r = REGISTRY.lock();
-    let slot = table::retire(h)?;
-    if let Some(name) = r.slot_names.get_mut(slot).and_then(Option::take) {
-        r.names.remove(&name);
+    let now = now_ns();
+    if let Some(e) = r.quarantine.iter_mut().find(|e| **e == (slot, FENCE_PENDING)) {
+        e.1 = now;
     }
-    // Never reallocates: the capacity covers every slot.
-    r.quarantine.push_back((slot as u32, now_ns()));
     Ok(())
+}
+
+/// Starts the quarantine of every slot whose fence was pending at `fork`: the threads that
+/// were deleting them do not exist in the child, nor does any add that could be in flight.
+fn end_pending_fences(r: &mut Registry) {
+    let now = now_ns();
+    for e in r.quarantine.iter_mut().filter(|e| e.1 == FENCE_PENDING) {
+        e.1 = now;
+    }
+}
+
+/// Makes deletes wait between marking their counter dead and their membarrier, until
+/// released. A test hook (see [`crate::hold_delete_fences`]).
+pub(crate) fn hold_fences(on: bool) {
+    table::hold_fences(on);
 }
 
 /// The handle of the live counter called `name`.

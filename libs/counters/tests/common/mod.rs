@@ -190,3 +190,25 @@ impl Rng {
         self.0
     }
 }
+
+/// Forks; the child runs `child` (single-threaded) and exits with its result. Returns the
+/// child's exit status.
+pub fn in_child(child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only uses the library (whose lock is handled by its fork handlers),
+    // the allocator (fork-safe in glibc) and `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // A child stuck on a lock inherited taken dies of SIGALRM instead of hanging the test.
+        // SAFETY: alarm has no preconditions.
+        unsafe { libc::alarm(20) };
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(100);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just created.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
