@@ -67,7 +67,8 @@
  *   hardware; seconds in an emulated guest that is bringing a vCPU up). Nothing else
  *   waits with it: the delete makes the counter dead and its name free first, then issues
  *   the membarrier without holding the library's lock, so adds, reads, creates, lookups,
- *   exports, other deletes and fork proceed meanwhile.
+ *   exports and fork proceed meanwhile. Deletes that arrive while a membarrier is in
+ *   progress share the next one instead of issuing one each.
  *
  * THREADS, SIGNALS
  *

@@ -53,6 +53,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod fence;
 pub mod ffi;
 mod lock;
 mod registry;
@@ -211,6 +212,13 @@ pub fn rseq_stats() -> Stats {
 #[doc(hidden)]
 pub fn hold_delete_fences(on: bool) {
     registry::hold_fences(on);
+}
+
+/// Test hook: membarriers issued by deletes so far, and deletes whose fence another delete's
+/// membarrier covered.
+#[doc(hidden)]
+pub fn delete_fence_stats() -> (u64, u64) {
+    fence::stats()
 }
 
 /// Sends every add of this library copy down the fallback path (`true`), or back to rseq

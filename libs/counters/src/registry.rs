@@ -120,6 +120,7 @@ extern "C" fn after_fork_in_parent() {
 extern "C" fn after_fork_in_child() {
     // SAFETY: the child's only thread is the one that took the lock in `before_fork`.
     unsafe { REGISTRY.reset_in_child() };
+    crate::fence::reset_in_child();
     end_pending_fences(&mut REGISTRY.lock());
 }
 
@@ -194,7 +195,7 @@ pub(crate) fn delete(h: u64) -> Result<(), Error> {
         r.quarantine.push_back((slot as u32, FENCE_PENDING));
         slot as u32
     };
-    table::fence_rseq_adds();
+    crate::fence::fence_rseq_adds();
     let mut r = REGISTRY.lock();
     let now = now_ns();
     if let Some(e) = r.quarantine.iter_mut().find(|e| **e == (slot, FENCE_PENDING)) {
@@ -215,7 +216,7 @@ fn end_pending_fences(r: &mut Registry) {
 /// Makes deletes wait between marking their counter dead and their membarrier, until
 /// released. A test hook (see [`crate::hold_delete_fences`]).
 pub(crate) fn hold_fences(on: bool) {
-    table::hold_fences(on);
+    crate::fence::hold(on);
 }
 
 /// The handle of the live counter called `name`.

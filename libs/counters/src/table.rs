@@ -14,7 +14,7 @@
 //! zeroing would race with it. Reads subtract the baseline.
 
 use core::ptr;
-use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use rseq::pool::PercpuPool;
 use rseq::{percpu_sum, Index, Outcome, PercpuPtr, ThreadArea};
@@ -133,7 +133,7 @@ fn classify(h: u64) -> Error {
 ///
 /// The handle check is made *inside* the critical section ([`ThreadArea::try_add_if_equal`]
 /// on the entry's handle word): [`retire`] stores `DEAD` and the delete then issues
-/// `membarrier(PRIVATE_EXPEDITED_RSEQ)` ([`fence_rseq_adds`]), after which no rseq add that
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ)` ([`crate::fence`]), after which no rseq add that
 /// saw the old handle can still commit. Only fallback-path adds (threads without rseq) check outside a section;
 /// the registry's reuse delay covers them.
 ///
@@ -264,49 +264,9 @@ pub(crate) fn publish(slot: usize, index: Index) -> Result<u64, Error> {
 }
 
 /// Marks the live counter `h` deleted and returns its slot. Caller holds the registry lock,
-/// and calls [`fence_rseq_adds`] before the slot may be reused.
+/// and calls [`crate::fence::fence_rseq_adds`] before the slot may be reused.
 pub(crate) fn retire(h: u64) -> Result<usize, Error> {
     let e = live(h)?;
     e.handle.store(DEAD, Ordering::SeqCst);
     Ok(slot_of(h))
-}
-
-/// Test hook: while set, [`fence_rseq_adds`] waits before its membarrier.
-static HOLD_FENCES: AtomicBool = AtomicBool::new(false);
-
-/// Makes every delete wait in its fence (`true`) until released (`false`). For tests that
-/// need a delete caught between marking its counter dead and its membarrier.
-pub(crate) fn hold_fences(on: bool) {
-    HOLD_FENCES.store(on, Ordering::SeqCst);
-}
-
-/// `membarrier(PRIVATE_EXPEDITED_RSEQ)`, registered on first use: every rseq add still in
-/// flight with a handle retired before the call is restarted (and then refused) when it
-/// returns. Does nothing where the kernel lacks it (the reuse delay then covers every add).
-/// Called without the registry lock: it can wait for seconds behind a CPU hotplug operation.
-pub(crate) fn fence_rseq_adds() {
-    while HOLD_FENCES.load(Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    // Not a OnceLock: this runs without the registry lock, so a fork may catch a thread
-    // registering, and a child must not wait for a thread it does not have. Racing
-    // registrations are harmless (the kernel's registration is idempotent).
-    const UNKNOWN: u8 = 0;
-    const AVAILABLE: u8 = 1;
-    const UNAVAILABLE: u8 = 2;
-    static STATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(UNKNOWN);
-    use rseq::membarrier::{private_expedited_rseq, register_private_expedited_rseq, MembarrierError};
-    let mut state = STATE.load(Ordering::Acquire);
-    if state == UNKNOWN {
-        state = if register_private_expedited_rseq().is_ok() { AVAILABLE } else { UNAVAILABLE };
-        STATE.store(state, Ordering::Release);
-    }
-    if state == AVAILABLE {
-        // A forked child has a new address space without the registration: register again.
-        if let Err(MembarrierError::NotRegistered) = private_expedited_rseq(None) {
-            if register_private_expedited_rseq().is_ok() {
-                let _ = private_expedited_rseq(None);
-            }
-        }
-    }
 }

@@ -138,3 +138,53 @@ fn a_child_forked_during_a_fence_reuses_the_slot() {
     deleter.join().unwrap();
     assert_eq!(code, 0, "child: 3 = reused slot not at zero, 4 = slot pending forever");
 }
+
+#[test]
+fn deletes_waiting_for_a_membarrier_share_the_next_one() {
+    let _serial = common::serial();
+    const N: usize = 8;
+    let counters: Vec<Counter> =
+        (0..N).map(|i| Counter::new(&format!("fence_batch_{i}"), Index::CpuId).unwrap()).collect();
+    let (issued_before, covered_before) = pcounters::delete_fence_stats();
+    pcounters::hold_delete_fences(true);
+    let threads: Vec<_> = counters.into_iter().map(|c| std::thread::spawn(move || c.delete().unwrap())).collect();
+    let start = Instant::now();
+    for i in 0..N {
+        while Counter::lookup(&format!("fence_batch_{i}")) != Err(Error::NotFound) {
+            assert!(start.elapsed() < Duration::from_secs(60), "delete {i} never freed its name");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // Every delete has stored DEAD; give them time to queue on the fence.
+    std::thread::sleep(Duration::from_millis(200));
+    pcounters::hold_delete_fences(false);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (issued, covered) = pcounters::delete_fence_stats();
+    let (issued, covered) = (issued - issued_before, covered - covered_before);
+    if issued == 0 && covered == 0 {
+        eprintln!("skipped: no membarrier(PRIVATE_EXPEDITED_RSEQ) on this kernel");
+        return;
+    }
+    eprintln!("{N} concurrent deletes: {issued} membarriers, {covered} covered by another's");
+    assert_eq!(issued + covered, N as u64, "every delete either issued a membarrier or was covered");
+    assert!(issued < N as u64, "{N} deletes queued on one fence issued {issued} membarriers");
+}
+
+#[test]
+fn a_lone_delete_issues_its_own_membarrier() {
+    let _serial = common::serial();
+    for i in 0..3 {
+        let c = Counter::new(&format!("fence_lone_{i}"), Index::CpuId).unwrap();
+        let before = pcounters::delete_fence_stats();
+        c.delete().unwrap();
+        let after = pcounters::delete_fence_stats();
+        if after == before {
+            eprintln!("skipped: no membarrier(PRIVATE_EXPEDITED_RSEQ) on this kernel");
+            return;
+        }
+        // Nothing was in progress: no earlier membarrier began after this delete's store.
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0), "delete {i}: (issued, covered)");
+    }
+}
