@@ -34,8 +34,10 @@
 //! On the rseq path the handle check is part of the critical section
 //! ([`rseq::ThreadArea::try_add_if_equal`]) and a delete issues
 //! `membarrier(PRIVATE_EXPEDITED_RSEQ)` after marking the slot dead, so when it returns no
-//! add that saw the old handle can still land. Deleted slots are reused by new counters
-//! only after 100 ms (or when all [`MAX_COUNTERS`] slots are taken), and the new counter
+//! add that saw the old handle can still land. The membarrier is issued without the
+//! registry lock (it may wait for a CPU hotplug operation), and deletes queued behind one
+//! in progress share the next. Deleted slots are reused by new counters only 100 ms after
+//! that membarrier (or when all [`MAX_COUNTERS`] slots are taken), and the new counter
 //! starts at zero: that delay covers adds on the fallback path (threads without rseq, or
 //! kernels without the rseq membarrier), whose check and atomic add are two steps — only
 //! such an add suspended for longer than that could still land in the new counter.
