@@ -1,6 +1,6 @@
 //! Side-by-side cost of a counter add and a counter read.
 //!
-//! Run: `cargo bench -p counters --bench counters` (about 40 s).
+//! Run: `cargo bench -p counters --bench counters` (about 45 s).
 //!
 //! Adds (1, 2 and 64 threads, each adding 1 in a loop to one counter):
 //! - private increment: each thread increments its own word on its own cache line (floor),
@@ -19,6 +19,11 @@
 //!
 //! Reads: the cost of one read of a counter that `n` threads (10 and 10,000, parked, 64 KiB
 //! stacks) have each added to once.
+//!
+//! Deletes (1, 2 and 8 threads, each creating and deleting counters in a loop): wall-clock
+//! time per create + delete pair and the membarriers issued per delete (deletes that queue
+//! behind a membarrier in progress share the next one), against the same threads each issuing
+//! one `membarrier(PRIVATE_EXPEDITED_RSEQ)` per loop (a delete issuing its own).
 
 use std::cell::OnceCell;
 use std::ffi::{c_char, c_int};
@@ -504,4 +509,95 @@ fn main() {
     for ((name, _), r) in readers.iter().zip(results) {
         println!("| {name} | {:.1} | {:.1} |", r[0], r[1]);
     }
+    deletes();
+}
+
+// ---- measuring deletes -------------------------------------------------------------------
+
+/// Threads of the delete measurement.
+const DELETE_THREADS: [usize; 3] = [1, 2, 8];
+
+/// `threads` threads each running `op` in a loop for `RUN`; wall-clock µs per op (all
+/// threads together) and the number of ops.
+fn measure_ops(threads: usize, op: impl Fn(usize, u64) + Sync) -> (f64, u64) {
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let start = Barrier::new(threads + 1);
+    let t0 = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, total, start, op) = (&stop, &total, &start, &op);
+            s.spawn(move || {
+                start.wait();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    op(t, n);
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        start.wait();
+        let t0 = Instant::now();
+        std::thread::sleep(RUN);
+        stop.store(true, Ordering::Relaxed);
+        t0
+    });
+    let n = total.load(Ordering::Relaxed).max(1);
+    (t0.elapsed().as_secs_f64() * 1e6 / n as f64, n)
+}
+
+/// A create + delete pair per op, against one `membarrier(PRIVATE_EXPEDITED_RSEQ)` per op
+/// issued by every thread (what each delete cost when every delete issued its own).
+fn deletes() {
+    use rseq::membarrier::{private_expedited_rseq, register_private_expedited_rseq};
+    if register_private_expedited_rseq().is_err() {
+        println!("\ndeletes: no membarrier(PRIVATE_EXPEDITED_RSEQ) on this kernel, skipped");
+        return;
+    }
+    println!(
+        "\nµs per operation, wall clock, all threads together (median of {REPS} runs of {} ms)\n",
+        RUN.as_millis()
+    );
+    print!("| variant |");
+    for t in DELETE_THREADS {
+        print!(" {t} thr |");
+    }
+    println!("\n|---|{}", "---:|".repeat(DELETE_THREADS.len()));
+    let mut pair = Vec::new();
+    let mut per_delete = Vec::new();
+    let mut raw = Vec::new();
+    for t in DELETE_THREADS {
+        let mut times = Vec::new();
+        let mut ratio = Vec::new();
+        for _ in 0..REPS {
+            let (issued0, _) = pcounters::delete_fence_stats();
+            let (us, n) = measure_ops(t, |thread, i| {
+                let c = Counter::new(&format!("bench_delete_{thread}_{i}"), Index::CpuId).unwrap();
+                c.delete().unwrap();
+            });
+            let (issued1, _) = pcounters::delete_fence_stats();
+            times.push(us);
+            ratio.push((issued1 - issued0) as f64 / n as f64);
+        }
+        pair.push(median(times));
+        per_delete.push(median(ratio));
+        raw.push(median((0..REPS).map(|_| measure_ops(t, |_, _| private_expedited_rseq(None).unwrap()).0).collect()));
+    }
+    let rows: [(&str, &Vec<f64>); 3] = [
+        ("pcounters create + delete", &pair),
+        ("membarrier(PRIVATE_EXPEDITED_RSEQ) per op", &raw),
+        ("membarriers issued per delete", &per_delete),
+    ];
+    for (name, row) in rows {
+        print!("| {name} |");
+        for v in row {
+            print!(" {v:.2} |");
+        }
+        println!();
+    }
+    print!("| one membarrier per op / pcounters create + delete |");
+    for (r, p) in raw.iter().zip(&pair) {
+        print!(" {:.2} |", r / p);
+    }
+    println!();
 }
