@@ -193,6 +193,15 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_is_named_by_file_and_offset() {
+        let maps = "55d0a0000000-55d0a0100000 r-xp 00002000 fd:01 1234 /payload/bin/harness\n\
+                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0\n";
+        assert_eq!(locate(maps, 0x55d0_a000_0010), "harness+0x2010");
+        assert_eq!(locate(maps, 0x7f00_0000_0008), "[anon]+0x8");
+        assert_eq!(locate(maps, 0x10), "0x10");
+    }
+
+    #[test]
     fn a_quick_wait_returns_its_value_without_a_report() {
         assert_eq!(watch("test", Duration::from_secs(5), || 7), 7);
     }
