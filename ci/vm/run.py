@@ -342,7 +342,7 @@ def build_payload(profile, work: Path) -> Payload:
     if (plugdir / "Makefile").is_file():
         if not shutil.which("cc") or not shutil.which("make"):
             raise Fatal("build: the harness plugins need cc and make")
-        out = work.resolve() / "plugins"
+        out = work / "plugins"
         log(f"build: make -C harness/plugins OUT={out}")
         run(["make", "-s", "-C", str(plugdir), f"OUT={out}"])
         pl.plugins = sorted(out.glob("*.so"))

@@ -33,9 +33,10 @@ pub fn watch<T>(what: &str, after: Duration, f: impl FnOnce() -> T) -> T {
 /// uninterruptible sleep or inside a system call other than a futex wait.
 pub fn threads() -> String {
     let mut out = String::new();
-    let Ok(dir) = fs::read_dir("/proc/self/task") else { return "  (no /proc/self/task)".into() };
-    let mut tids: Vec<u32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let mut tids = crate::cpu::task_ids();
     tids.sort_unstable();
+    // Idle workers and lock waiters sleep in futex waits: not interesting.
+    let futex = libc::SYS_futex.to_string();
     for tid in tids {
         let base = format!("/proc/self/task/{tid}");
         let read = |f: &str| fs::read_to_string(format!("{base}/{f}")).unwrap_or_default();
@@ -46,8 +47,6 @@ pub fn threads() -> String {
         let nr = syscall.split_whitespace().next().unwrap_or("?").to_string();
         let wchan = read("wchan");
         let _ = writeln!(out, "  {tid} {} state={state} syscall={nr} wchan={}", comm.trim(), wchan.trim());
-        // Idle workers and lock waiters sleep in futex waits: not interesting.
-        let futex = libc::SYS_futex.to_string();
         let interesting = state.starts_with('D') || (nr != futex && nr != "running" && nr != "?");
         if interesting {
             for line in read("stack").lines().take(8) {
@@ -112,17 +111,14 @@ pub fn user_ips(rounds: usize, gap: Duration) -> String {
         for t in IP_TID.iter() {
             t.store(0, Ordering::Relaxed);
         }
-        let running: Vec<i32> = fs::read_dir("/proc/self/task")
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                    .filter(|&t| t != me)
-                    .filter(|t| {
-                        fs::read_to_string(format!("/proc/self/task/{t}/stat"))
-                            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('R')))
-                    })
-                    .collect()
+        let running: Vec<i32> = crate::cpu::task_ids()
+            .into_iter()
+            .filter(|&t| t != me)
+            .filter(|t| {
+                fs::read_to_string(format!("/proc/self/task/{t}/stat"))
+                    .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('R')))
             })
-            .unwrap_or_default();
+            .collect();
         for &t in &running {
             // SAFETY: a signal with an installed handler to a thread of this process.
             unsafe { libc::syscall(libc::SYS_tgkill, pid, t, ip_signal()) };

@@ -93,6 +93,19 @@ stuck_report() {
   echo w > /proc/sysrq-trigger 2>/dev/null
 }
 
+# watchdog_start NAME LIMIT : a stuck report on the console 10 s before LIMIT runs out.
+watchdog_start() {
+  ( sleep $(($2 > 30 ? $2 - 10 : $2)); stuck_report "$1" ) > /dev/console 2>&1 &
+  watch_pid=$!
+}
+
+# watchdog_stop NAME LIMIT : stops the watchdog; reads the step's exit status into rc.
+watchdog_stop() {
+  kill "$watch_pid" 2>/dev/null
+  rc=$(cat /tmp/rc)
+  [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$1] TIMEOUT after $2 s"
+}
+
 # kernel_news NAME : after a step, the clock source in use and the kernel's messages since the
 # previous call that bear on timing (clock source changes, watchdogs, stalls, lockups).
 kernel_news() {
@@ -111,12 +124,9 @@ run_step() {
   rec "BEGIN $name"
   echo "=== [$name] $*"
   t0=$(now)
-  ( sleep $((t > 30 ? t - 10 : t)); stuck_report "$name" ) > /dev/console 2>&1 &
-  watch_pid=$!
+  watchdog_start "$name" "$t"
   { timeout -k 5 "$t" "$@"; echo $? > /tmp/rc; } 2>&1 | tee "/tmp/out.$name"
-  kill "$watch_pid" 2>/dev/null
-  rc=$(cat /tmp/rc)
-  [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$name] TIMEOUT after $t s"
+  watchdog_stop "$name" "$t"
   sendfile "out.$name" "/tmp/out.$name"
   [ -f "/tmp/json.$name" ] && sendfile "json.$name" "/tmp/json.$name"
   kernel_news "$name"
@@ -160,8 +170,7 @@ hotadd_step() {
   rss_pid=$!
   ( timeout -k 5 "$t" "$@" > "/tmp/out.$name" 2>&1; echo $? > /tmp/rc ) &
   run_pid=$!
-  ( sleep $((t > 30 ? t - 10 : t)); stuck_report "$name" ) > /dev/console 2>&1 &
-  watch_pid=$!
+  watchdog_start "$name" "$t"
   sleep "$settle"
   rec "HOTADD READY $new"
   echo "=== [$name] host may add $new vCPUs (present: $initial)"
@@ -203,9 +212,7 @@ hotadd_step() {
   # Bring back anything the cycles or the harness left offline, then wait for the payload.
   for c in $added; do echo 1 > "/sys/devices/system/cpu/cpu$c/online" 2>/dev/null; done
   wait $run_pid
-  kill "$watch_pid" 2>/dev/null
-  rc=$(cat /tmp/rc)
-  [ "$rc" = 143 ] || [ "$rc" = 137 ] && echo "=== [$name] TIMEOUT after $t s"
+  watchdog_stop "$name" "$t"
   cpu_ticks > /tmp/ticks1
   kill $rss_pid 2>/dev/null
   rec "FACT rss_kib.$name $(cat "/tmp/rss.$name" 2>/dev/null)"

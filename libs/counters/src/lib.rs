@@ -213,7 +213,7 @@ pub fn rseq_stats() -> Stats {
 /// check what other threads may do meanwhile. Not for production use.
 #[doc(hidden)]
 pub fn hold_delete_fences(on: bool) {
-    registry::hold_fences(on);
+    fence::hold(on);
 }
 
 /// Test hook: membarriers issued by deletes so far, and deletes whose fence another delete's

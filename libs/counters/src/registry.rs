@@ -198,7 +198,8 @@ pub(crate) fn delete(h: u64) -> Result<(), Error> {
     crate::fence::fence_rseq_adds();
     let mut r = REGISTRY.lock();
     let now = now_ns();
-    if let Some(e) = r.quarantine.iter_mut().find(|e| **e == (slot, FENCE_PENDING)) {
+    // Pushed last a moment ago: search from the back.
+    if let Some(e) = r.quarantine.iter_mut().rev().find(|e| **e == (slot, FENCE_PENDING)) {
         e.1 = now;
     }
     Ok(())
@@ -211,12 +212,6 @@ fn end_pending_fences(r: &mut Registry) {
     for e in r.quarantine.iter_mut().filter(|e| e.1 == FENCE_PENDING) {
         e.1 = now;
     }
-}
-
-/// Makes deletes wait between marking their counter dead and their membarrier, until
-/// released. A test hook (see [`crate::hold_delete_fences`]).
-pub(crate) fn hold_fences(on: bool) {
-    crate::fence::hold(on);
 }
 
 /// The handle of the live counter called `name`.
