@@ -133,6 +133,8 @@ pub struct RseqCopy {
     fallback_ops: unsafe extern "C" fn() -> u64,
     feature_size: unsafe extern "C" fn() -> u32,
     cs_clear: unsafe extern "C" fn() -> i32,
+    registered_by_us: unsafe extern "C" fn() -> u64,
+    unregister: unsafe extern "C" fn() -> i32,
     lib: Option<libloading::os::unix::Library>,
 }
 
@@ -157,6 +159,8 @@ impl RseqCopy {
                 fallback_ops: *lib.get(b"rseqcopy_fallback_ops").unwrap(),
                 feature_size: *lib.get(b"rseqcopy_feature_size").unwrap(),
                 cs_clear: *lib.get(b"rseqcopy_rseq_cs_is_clear").unwrap(),
+                registered_by_us: *lib.get(b"rseqcopy_registered_by_us").unwrap(),
+                unregister: *lib.get(b"rseqcopy_unregister").unwrap(),
                 lib: Some(lib),
             }
         }
@@ -204,6 +208,18 @@ impl RseqCopy {
     pub fn rseq_cs_is_clear(&self) -> bool {
         // SAFETY: plain C call.
         unsafe { (self.cs_clear)() == 1 }
+    }
+
+    /// Threads for which this copy registered libc's reserved area (process-wide).
+    pub fn registered_by_us(&self) -> u64 {
+        // SAFETY: plain C call.
+        unsafe { (self.registered_by_us)() }
+    }
+
+    /// Unregisters the calling thread's rseq area; 0 or the errno.
+    pub fn unregister(&self) -> i32 {
+        // SAFETY: plain C call.
+        unsafe { (self.unregister)() }
     }
 
     /// Unloads the library (`dlclose`); the function pointers must not be used afterwards.

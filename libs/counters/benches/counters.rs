@@ -209,13 +209,20 @@ extern "C" fn private_call(word: *mut u64, amount: i64) -> c_int {
 }
 
 /// The per-CPU words of the raw-rseq row.
-fn raw_words() -> (rseq::PercpuPtr<u64>, rseq::PercpuPtr<AtomicU64>) {
+fn raw_words() -> (rseq::PercpuArray<u64>, rseq::PercpuArray<AtomicU64>) {
     static POOL: std::sync::OnceLock<rseq::pool::PercpuPool> = std::sync::OnceLock::new();
     let pool = POOL.get_or_init(|| rseq::pool::PercpuPool::new(rseq::pool::DEFAULT_STRIDE).unwrap());
     static WORDS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
     let (w, f) =
         *WORDS.get_or_init(|| (pool.alloc(8, 8).unwrap().base() as usize, pool.alloc(8, 8).unwrap().base() as usize));
-    (rseq::PercpuPtr::new(w as *mut u64, pool.stride()), rseq::PercpuPtr::new(f as *mut AtomicU64, pool.stride()))
+    let array = |p: usize| rseq::PercpuPtr::new(p as *mut u8, pool.stride());
+    // SAFETY: two pool slots with a zeroed 8-byte copy for each of the pool's CPUs, never freed.
+    unsafe {
+        (
+            rseq::PercpuArray::from_raw(array(w), pool.ncpus(), rseq::Index::CpuId).cast(),
+            rseq::PercpuArray::from_raw(array(f), pool.ncpus(), rseq::Index::CpuId).cast(),
+        )
+    }
 }
 
 /// One batch of `BATCH` adds of `kind`.
@@ -244,7 +251,7 @@ fn batch(kind: Kind, private: &mut u64, rust: Counter, c: &CApi) {
             for _ in 0..BATCH {
                 // SAFETY: pool words for every possible CPU; the rseq set is only written by
                 // critical sections.
-                unsafe { rseq::percpu_add(rseq::Index::CpuId, words, fallback, 1) };
+                unsafe { rseq::percpu_add(&words, &fallback, 1) };
             }
         }
         Kind::Private => {
@@ -570,12 +577,12 @@ fn deletes() {
         let mut times = Vec::new();
         let mut ratio = Vec::new();
         for _ in 0..REPS {
-            let (issued0, _) = pcounters::delete_fence_stats();
+            let (issued0, _, _) = pcounters::delete_fence_stats();
             let (us, n) = measure_ops(t, |thread, i| {
                 let c = Counter::new(&format!("bench_delete_{thread}_{i}"), Index::CpuId).unwrap();
                 c.delete().unwrap();
             });
-            let (issued1, _) = pcounters::delete_fence_stats();
+            let (issued1, _, _) = pcounters::delete_fence_stats();
             times.push(us);
             ratio.push((issued1 - issued0) as f64 / n as f64);
         }

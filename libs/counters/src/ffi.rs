@@ -45,7 +45,7 @@ pub struct pcounters_rseq_statistics {
     pub fallback_ops: u64,
     /// Threads for which this copy registered libc's reserved rseq area.
     pub registered_by_us: u64,
-    /// Threads whose area another library had registered first.
+    /// Registrations that found the area already registered (`EBUSY`).
     pub registered_by_peer: u64,
     /// Threads whose registration failed.
     pub registration_failures: u64,
@@ -63,9 +63,11 @@ pub const PCOUNTERS_INDEX_MM_CID: c_int = 1;
 
 /// `PCOUNTERS_MODE_LIBC_OWNED`.
 pub const PCOUNTERS_MODE_LIBC_OWNED: c_int = 1;
-/// `PCOUNTERS_MODE_REGISTERED_BY_US`.
-pub const PCOUNTERS_MODE_REGISTERED_BY_US: c_int = 2;
-/// `PCOUNTERS_MODE_REGISTERED_BY_PEER`.
+/// `PCOUNTERS_MODE_REGISTERED`.
+pub const PCOUNTERS_MODE_REGISTERED: c_int = 2;
+/// `PCOUNTERS_MODE_REGISTERED_BY_US`: the 0.1 name of [`PCOUNTERS_MODE_REGISTERED`].
+pub const PCOUNTERS_MODE_REGISTERED_BY_US: c_int = PCOUNTERS_MODE_REGISTERED;
+/// `PCOUNTERS_MODE_REGISTERED_BY_PEER`: no longer returned (who registered is not recorded).
 pub const PCOUNTERS_MODE_REGISTERED_BY_PEER: c_int = 3;
 /// `PCOUNTERS_MODE_UNAVAILABLE`.
 pub const PCOUNTERS_MODE_UNAVAILABLE: c_int = 4;
@@ -352,8 +354,7 @@ pub unsafe extern "C" fn pcounters_prometheus(buf: *mut c_char, size: usize, len
 pub unsafe extern "C" fn pcounters_rseq_mode(err: *mut c_int) -> c_int {
     let (mode, errno) = catch_unwind(|| match rseq::mode() {
         Mode::LibcOwned => (PCOUNTERS_MODE_LIBC_OWNED, 0),
-        Mode::RegisteredByUs => (PCOUNTERS_MODE_REGISTERED_BY_US, 0),
-        Mode::RegisteredByPeer => (PCOUNTERS_MODE_REGISTERED_BY_PEER, 0),
+        Mode::Registered => (PCOUNTERS_MODE_REGISTERED, 0),
         Mode::Unavailable { errno } => (PCOUNTERS_MODE_UNAVAILABLE, errno),
         Mode::Disabled => (PCOUNTERS_MODE_DISABLED, 0),
     })
@@ -389,7 +390,28 @@ pub unsafe extern "C" fn pcounters_rseq_stats(out: *mut pcounters_rseq_statistic
 #[no_mangle]
 pub extern "C" fn pcounters_force_fallback(on: c_int) -> c_int {
     guard(|| {
-        rseq::force_fallback(on != 0);
+        crate::force_fallback(on != 0);
+        Ok(())
+    })
+}
+
+/// The memory this library copy holds. See `pcounters.h`.
+///
+/// # Safety
+/// `resident` and `reserved` are null or valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn pcounters_memory(resident: *mut u64, reserved: *mut u64) -> c_int {
+    guard(|| {
+        let (res, rsv) = registry::memory();
+        // SAFETY: forwarded contract (each pointer null or valid).
+        unsafe {
+            if !resident.is_null() {
+                resident.write(res);
+            }
+            if !reserved.is_null() {
+                reserved.write(rsv);
+            }
+        }
         Ok(())
     })
 }

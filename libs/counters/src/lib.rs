@@ -30,17 +30,18 @@
 //! A [`Counter`] is a 64-bit handle (slot and generation). Using it after [`Counter::delete`]
 //! is refused with [`Error::NotFound`]; a forged value with [`Error::InvalidArgument`] or
 //! `NotFound`; no handle can reach memory other than the table and counter words. An add
-//! racing with the delete of its counter either counts before the delete or is refused.
-//! On the rseq path the handle check is part of the critical section
+//! racing with the delete of its counter either counts before the delete returns or is
+//! refused, however long it was suspended, and a new counter always starts at zero. On the
+//! rseq path the handle check is part of the critical section
 //! ([`rseq::ThreadArea::try_add_if_equal`]) and a delete issues
 //! `membarrier(PRIVATE_EXPEDITED_RSEQ)` after marking the slot dead, so when it returns no
-//! add that saw the old handle can still land. The membarrier is issued without the
-//! registry lock (it may wait for a CPU hotplug operation), and deletes queued behind one
-//! in progress share the next. Deleted slots are reused by new counters only 100 ms after
-//! that membarrier (or when all [`MAX_COUNTERS`] slots are taken), and the new counter
-//! starts at zero: that delay covers adds on the fallback path (threads without rseq, or
-//! kernels without the rseq membarrier), whose check and atomic add are two steps — only
-//! such an add suspended for longer than that could still land in the new counter.
+//! add that saw the old handle can still land. On the fallback path an add raises a per-CPU
+//! in-flight count before its check and lowers it after its add, and the delete waits for
+//! every copy to be seen at zero. The membarrier is issued without the registry lock (it
+//! may wait for a CPU hotplug operation), and deletes queued behind one in progress share
+//! the next. A slot is reused as soon as its delete is complete; if the membarrier failed,
+//! once a later one succeeded. On kernels without the rseq membarrier (before 5.10) every add
+//! takes the fallback path.
 //!
 //! # Fork and unloading
 //!
@@ -176,8 +177,9 @@ pub fn snapshot() -> Result<Vec<Sample>, Error> {
 }
 
 /// Every live counter in the Prometheus text exposition format (version 0.0.4), sorted by
-/// name: `# TYPE <name> counter` then `<name> <value>` (signed 64-bit), each line ending in
-/// `\n`. Empty when there are no counters.
+/// name: `# TYPE <name> counter` (`gauge` for a counter that received a negative add) then
+/// `<name> <value>` (signed 64-bit), each line ending in `\n`. Empty when there are no
+/// counters.
 pub fn prometheus() -> Result<String, Error> {
     registry::with_sorted(|items| {
         let mut out = String::new();
@@ -216,15 +218,49 @@ pub fn hold_delete_fences(on: bool) {
     fence::hold(on);
 }
 
-/// Test hook: membarriers issued by deletes so far, and deletes whose fence another delete's
-/// membarrier covered.
+/// Test hook: membarriers issued by deletes so far, deletes whose fence another delete's
+/// membarrier covered, and membarriers that failed.
 #[doc(hidden)]
-pub fn delete_fence_stats() -> (u64, u64) {
+pub fn delete_fence_stats() -> (u64, u64, u64) {
     fence::stats()
 }
 
-/// Sends every add of this library copy down the fallback path (`true`), or back to rseq
-/// where available (`false`). For tests and benchmarks: counts stay exact either way.
-pub fn force_fallback(on: bool) {
-    rseq::force_fallback(on);
+/// Test hook: while `true`, delete membarriers count as failed (nothing is fenced, slots are
+/// not reused until a later one succeeds).
+#[doc(hidden)]
+pub fn fail_delete_fences(on: bool) {
+    fence::fail(on);
 }
+
+/// Test hook: `Some(true)` parks every fallback-path add between its handle check and its
+/// add until `Some(false)`; returns how many adds are parked now.
+#[doc(hidden)]
+pub fn park_fallback_adds(on: Option<bool>) -> u64 {
+    table::park_fallback_adds(on)
+}
+
+/// Bytes this library copy holds: (resident, reserved) — the per-CPU pool's resident pages
+/// and reservation, plus the handle table.
+pub fn memory() -> (u64, u64) {
+    registry::memory()
+}
+
+/// Sends every add of this library copy down the fallback path (`true`), or back to rseq
+/// where available (`false`; on kernels without the rseq membarrier the fallback stays on).
+/// For tests and benchmarks: counts stay exact either way.
+pub fn force_fallback(on: bool) {
+    rseq::force_fallback(on || !fence::rseq_allowed());
+}
+
+// Finds the rseq area, the CPU count and the membarrier commands when the library is
+// loaded, so that no first add (in a signal handler, in a forked child) has to.
+rseq::init_at_load!();
+
+#[used]
+#[link_section = ".init_array"]
+static FENCE_INIT_AT_LOAD: extern "C" fn() = {
+    extern "C" fn pcounters_fence_init() {
+        fence::init();
+    }
+    pcounters_fence_init
+};

@@ -13,12 +13,8 @@ use crate::error::{validate_name, Error};
 use crate::lock::Lock;
 use crate::table::{self, CHUNK_LEN, MAX_COUNTERS, STRIDE};
 
-/// How long a deleted slot waits before a new counter may reuse it (unless every slot is
-/// taken): an add that read the old handle just before the delete has long finished by then.
-pub(crate) const REUSE_DELAY_NS: u64 = 100_000_000;
-
-/// Quarantine time of a slot whose delete has not finished its membarrier: never reused.
-const FENCE_PENDING: u64 = u64::MAX;
+/// Quarantine state of a slot whose delete has not finished waiting for its adds.
+const DELETE_PENDING: u64 = u64::MAX;
 
 /// FNV-1a: names are short, and the registry needs a hasher with a `const` constructor
 /// and no per-thread random keys.
@@ -47,9 +43,10 @@ struct Registry {
     names: HashMap<String, u32, BuildHasherDefault<Fnv>>,
     /// The name of each slot's live counter.
     slot_names: Vec<Option<String>>,
-    /// Deleted slots and the time their delete's fence completed ([`FENCE_PENDING`] until
-    /// then), in deletion order. Its capacity is kept at least `nslots`, so a delete never
-    /// allocates.
+    /// Deleted slots, in deletion order, with the fence number their delete needs
+    /// ([`DELETE_PENDING`] until the delete has waited for the fallback adds). A slot is
+    /// reused once that fence has completed. Its capacity is kept at least `nslots`, so a
+    /// delete never allocates.
     quarantine: VecDeque<(u32, u64)>,
 }
 
@@ -61,13 +58,6 @@ static REGISTRY: Lock<Registry> = Lock::new(Registry {
     quarantine: VecDeque::new(),
 });
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
-}
-
 impl Registry {
     fn pool(&mut self) -> Result<&PercpuPool, Error> {
         if self.pool.is_none() {
@@ -76,20 +66,16 @@ impl Registry {
         self.pool.as_ref().ok_or(Error::Internal)
     }
 
-    /// A slot for a new counter: the oldest deleted one once its quarantine is over (or when
-    /// every slot is taken), else a fresh one.
+    /// A slot for a new counter: the oldest deleted one that nothing can add into any more,
+    /// else a fresh one.
     fn take_slot(&mut self) -> Result<usize, Error> {
-        if let Some(&(slot, fenced_at)) = self.quarantine.front() {
-            if fenced_at != FENCE_PENDING && now_ns().saturating_sub(fenced_at) >= REUSE_DELAY_NS {
-                self.quarantine.pop_front();
-                return Ok(slot as usize);
-            }
-        }
-        if self.nslots == MAX_COUNTERS {
-            // Every slot is taken: the oldest fenced one, quarantine or not.
-            let i = self.quarantine.iter().position(|&(_, t)| t != FENCE_PENDING).ok_or(Error::NoSpace)?;
+        let reusable = |&(_, needed): &(u32, u64)| needed != DELETE_PENDING && crate::fence::is_complete(needed);
+        if let Some(i) = self.quarantine.iter().position(reusable) {
             let (slot, _) = self.quarantine.remove(i).ok_or(Error::Internal)?;
             return Ok(slot as usize);
+        }
+        if self.nslots == MAX_COUNTERS {
+            return Err(Error::NoSpace);
         }
         let slot = self.nslots;
         if slot.is_multiple_of(CHUNK_LEN) {
@@ -121,7 +107,9 @@ extern "C" fn after_fork_in_child() {
     // SAFETY: the child's only thread is the one that took the lock in `before_fork`.
     unsafe { REGISTRY.reset_in_child() };
     crate::fence::reset_in_child();
-    end_pending_fences(&mut REGISTRY.lock());
+    let mut r = REGISTRY.lock();
+    table::reset_inflight_in_child(r.nslots);
+    end_pending_deletes(&mut r);
 }
 
 const ATFORK_NONE: u8 = 0;
@@ -137,8 +125,15 @@ fn ensure_atfork() -> Result<(), Error> {
         return Ok(());
     }
     if ATFORK.compare_exchange(ATFORK_NONE, ATFORK_BUSY, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        // Another thread is registering them right now.
-        return Ok(());
+        // Another thread is registering them right now: wait for it, or a fork right after
+        // our create could copy the registry without the handlers' protection.
+        loop {
+            match ATFORK.load(Ordering::Acquire) {
+                ATFORK_DONE => return Ok(()),
+                ATFORK_NONE => return ensure_atfork(),
+                _ => std::thread::yield_now(),
+            }
+        }
     }
     // SAFETY: the three handlers are plain functions of this library that only touch the
     // registry lock; libc keeps them until the library is unloaded.
@@ -162,6 +157,7 @@ fn owned(name: &str) -> Result<String, Error> {
 pub(crate) fn create(name: &str, index: Index) -> Result<u64, Error> {
     validate_name(name.as_bytes())?;
     ensure_atfork()?;
+    crate::fence::init();
     // Resolving looks the rseq area up (dlsym) on first use: do it outside the lock, and
     // before any add, so that adds from signal handlers never call into the dynamic linker.
     let index = index.resolve();
@@ -180,37 +176,37 @@ pub(crate) fn create(name: &str, index: Index) -> Result<u64, Error> {
     Ok(h)
 }
 
-/// Deletes the live counter `h`: marks it dead and frees its name under the lock, then
-/// fences the rseq adds in flight without the lock (the membarrier can wait for a CPU
-/// hotplug operation, and other registry users must not wait with it), then starts the
-/// slot's quarantine.
+/// Deletes the live counter `h`: marks it dead and frees its name under the lock; then,
+/// without the lock (the membarrier can wait for a CPU hotplug operation, and other registry
+/// users must not wait with it), fences the rseq adds in flight and waits for the fallback
+/// adds in flight; then makes the slot reusable once its fence has completed (at once,
+/// unless the membarrier failed: then the next successful one, issued by a later delete).
 pub(crate) fn delete(h: u64) -> Result<(), Error> {
-    let slot = {
+    let (slot, needed) = {
         let mut r = REGISTRY.lock();
         let slot = table::retire(h)?;
         if let Some(name) = r.slot_names.get_mut(slot).and_then(Option::take) {
             r.names.remove(&name);
         }
         // Never reallocates: the capacity covers every slot.
-        r.quarantine.push_back((slot as u32, FENCE_PENDING));
-        slot as u32
+        r.quarantine.push_back((slot as u32, DELETE_PENDING));
+        (slot as u32, crate::fence::needed())
     };
-    crate::fence::fence_rseq_adds();
+    crate::fence::complete(needed);
+    table::wait_for_fallback_adds(slot as usize);
     let mut r = REGISTRY.lock();
-    let now = now_ns();
-    // Pushed last a moment ago: search from the back.
-    if let Some(e) = r.quarantine.iter_mut().rev().find(|e| **e == (slot, FENCE_PENDING)) {
-        e.1 = now;
+    // Pushed a moment ago: search from the back.
+    if let Some(e) = r.quarantine.iter_mut().rev().find(|e| **e == (slot, DELETE_PENDING)) {
+        e.1 = needed;
     }
     Ok(())
 }
 
-/// Starts the quarantine of every slot whose fence was pending at `fork`: the threads that
-/// were deleting them do not exist in the child, nor does any add that could be in flight.
-fn end_pending_fences(r: &mut Registry) {
-    let now = now_ns();
-    for e in r.quarantine.iter_mut().filter(|e| e.1 == FENCE_PENDING) {
-        e.1 = now;
+/// Makes every slot whose delete was in progress at `fork` reusable: the threads that were
+/// deleting them do not exist in the child, nor does any add that could be in flight.
+fn end_pending_deletes(r: &mut Registry) {
+    for e in r.quarantine.iter_mut().filter(|e| e.1 == DELETE_PENDING) {
+        e.1 = 0;
     }
 }
 
@@ -235,6 +231,8 @@ pub(crate) struct Item<'a> {
     pub name: &'a str,
     pub handle: u64,
     pub value: i64,
+    /// The counter received a negative add: exported as a gauge.
+    pub may_decrease: bool,
 }
 
 /// Calls `f` with every live counter, sorted by name, values read under the lock (so no
@@ -246,10 +244,22 @@ pub(crate) fn with_sorted<R>(f: impl FnOnce(&[Item<'_>]) -> Result<R, Error>) ->
     for (name, &slot) in &r.names {
         let handle = table::handle_of(slot as usize);
         let value = table::get(handle).map_err(|_| Error::Internal)?;
-        items.push(Item { name, handle, value });
+        items.push(Item { name, handle, value, may_decrease: table::may_decrease(handle) });
     }
     items.sort_unstable_by(|a, b| a.name.cmp(b.name));
     f(&items)
+}
+
+/// Bytes this copy holds: (resident, reserved). Resident: the pages of the per-CPU pool
+/// that are in memory plus the handle table's chunks; reserved: the pool's virtual
+/// reservation plus the chunks.
+pub(crate) fn memory() -> (u64, u64) {
+    let r = REGISTRY.lock();
+    let chunks = (r.nslots.div_ceil(CHUNK_LEN) * table::CHUNK_BYTES) as u64;
+    match &r.pool {
+        Some(pool) => (pool.resident_bytes() as u64 + chunks, pool.reserved_bytes() as u64 + chunks),
+        None => (chunks, chunks),
+    }
 }
 
 /// Number of live counters.
@@ -262,15 +272,17 @@ pub(crate) fn len() -> usize {
 pub(crate) fn render_prometheus(items: &[Item<'_>], out: &mut String) -> Result<(), Error> {
     const TYPE: &str = "# TYPE ";
     const COUNTER: &str = " counter\n";
+    const GAUGE: &str = " gauge\n";
+    let kind = |it: &Item<'_>| if it.may_decrease { GAUGE } else { COUNTER };
     let mut len = 0usize;
     for it in items {
-        len += TYPE.len() + 2 * it.name.len() + COUNTER.len() + 1 + decimal(it.value, &mut [0; 20]).len() + 1;
+        len += TYPE.len() + 2 * it.name.len() + kind(it).len() + 1 + decimal(it.value, &mut [0; 20]).len() + 1;
     }
     out.try_reserve_exact(len)?;
     for it in items {
         out.push_str(TYPE);
         out.push_str(it.name);
-        out.push_str(COUNTER);
+        out.push_str(kind(it));
         out.push_str(it.name);
         out.push(' ');
         out.push_str(decimal(it.value, &mut [0; 20]));

@@ -6,18 +6,25 @@
 //! never freed, so a lookup needs no lock and a stale or forged handle only ever reads a
 //! live entry (or finds no chunk) and is refused by the generation check.
 //!
-//! Each entry owns two per-CPU `u64` words for good: one written by rseq critical
-//! sections, one by the atomic fallback path. A deleted slot is reused by a later counter
-//! only after a quarantine (see the registry), and the new counter starts from a
-//! *baseline*, the sum of the words when it was created, instead of zeroing them: an add
-//! that passed its handle check just before the delete may still land in the words, and
-//! zeroing would race with it. Reads subtract the baseline.
+//! Each entry owns three per-CPU `u64` words for good: one written by rseq critical
+//! sections, one by the atomic fallback path, and the fallback path's in-flight count.
+//! A deleted slot is reused only once no add that saw its old handle can still land:
+//! - an rseq add checks the handle inside its critical section, and the delete's
+//!   `membarrier(PRIVATE_EXPEDITED_RSEQ)` restarts every section that might have seen it;
+//! - a fallback add raises the in-flight count of its CPU copy, checks the handle, adds,
+//!   and lowers the count; the delete waits, after marking the slot dead, until every copy
+//!   of the count has been seen at zero. (An add that raised after the dead mark sees it and
+//!   backs out; one that raised before is waited for.) No timer is involved.
+//!
+//! A new counter starts from a *baseline*, the sum of the words when it was created, which
+//! reads subtract: nothing can land in the words any more by then, and not zeroing leaves
+//! untouched CPU copies unpopulated.
 
 use core::ptr;
-use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use rseq::pool::PercpuPool;
-use rseq::{percpu_sum, Index, Outcome, PercpuPtr, ThreadArea};
+use rseq::{percpu_sum, Index, Outcome, PercpuArray, PercpuPtr, ThreadArea};
 
 use crate::error::Error;
 
@@ -46,7 +53,16 @@ pub(crate) const STRIDE: usize = rseq::pool::DEFAULT_STRIDE;
 
 static CHUNKS: [AtomicPtr<Entry>; NCHUNKS] = [const { AtomicPtr::new(ptr::null_mut()) }; NCHUNKS];
 /// Copies of every word (possible CPUs), set before the first chunk is published.
-static NCPUS: AtomicUsize = AtomicUsize::new(0);
+static NCPUS: AtomicUsize = AtomicUsize::new(1);
+
+/// Test hook: while set, a fallback-path add that passed its handle check waits before it
+/// adds (see [`park_fallback_adds`]).
+static PARK_FALLBACK_ADDS: AtomicBool = AtomicBool::new(false);
+/// Fallback adds parked by the hook right now.
+static PARKED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of one chunk of entries.
+pub(crate) const CHUNK_BYTES: usize = core::mem::size_of::<[Entry; CHUNK_LEN]>();
 
 /// One slot of the table, on its own cache line.
 #[repr(C, align(64))]
@@ -61,23 +77,41 @@ pub(crate) struct Entry {
     words: *mut u64,
     /// Copy 0 of the fallback word; fixed when the chunk is made.
     fallback: *mut AtomicU64,
+    /// Copy 0 of the fallback path's in-flight count; fixed when the chunk is made.
+    inflight: *mut AtomicU64,
+    /// Set by the first negative add of the live counter: it is exported as a gauge.
+    may_decrease: AtomicBool,
+}
+
+#[inline(always)]
+fn ncpus() -> u32 {
+    NCPUS.load(Ordering::Relaxed) as u32
 }
 
 impl Entry {
+    /// The rseq-written words, indexed by `index` (resolved: it comes from a handle made by
+    /// `publish`, or a forged handle whose comparison inside the section fails first).
     #[inline(always)]
-    fn words(&self) -> PercpuPtr<u64> {
-        PercpuPtr::new(self.words, STRIDE)
+    fn words(&self, index: Index) -> PercpuArray<u64> {
+        // SAFETY: pool memory with a copy for each of the NCPUS possible CPUs, never unmapped.
+        unsafe { PercpuArray::from_raw_resolved(PercpuPtr::new(self.words, STRIDE), ncpus(), index) }
     }
 
     #[inline(always)]
-    fn fallback(&self) -> PercpuPtr<AtomicU64> {
-        PercpuPtr::new(self.fallback, STRIDE)
+    fn fallback(&self) -> PercpuArray<AtomicU64> {
+        // SAFETY: as in `words`; the index does not matter on the fallback path.
+        unsafe { PercpuArray::from_raw_resolved(PercpuPtr::new(self.fallback, STRIDE), ncpus(), Index::CpuId) }
+    }
+
+    #[inline(always)]
+    fn inflight(&self) -> PercpuArray<AtomicU64> {
+        // SAFETY: as in `fallback`.
+        unsafe { PercpuArray::from_raw_resolved(PercpuPtr::new(self.inflight, STRIDE), ncpus(), Index::CpuId) }
     }
 
     fn sum(&self) -> u64 {
-        // SAFETY: both word sets come from the pool and have a copy for each of the NCPUS
-        // possible CPUs; they are never unmapped.
-        unsafe { percpu_sum(self.words(), self.fallback(), NCPUS.load(Ordering::Relaxed)) }
+        // SAFETY: both word sets are alive (see `words`).
+        unsafe { percpu_sum(&self.words(Index::CpuId), &self.fallback()) }
     }
 }
 
@@ -134,49 +168,148 @@ fn classify(h: u64) -> Error {
 /// The handle check is made *inside* the critical section ([`ThreadArea::try_add_if_equal`]
 /// on the entry's handle word): [`retire`] stores `DEAD` and the delete then issues
 /// `membarrier(PRIVATE_EXPEDITED_RSEQ)` ([`crate::fence`]), after which no rseq add that
-/// saw the old handle can still commit. Only fallback-path adds (threads without rseq) check outside a section;
-/// the registry's reuse delay covers them.
+/// saw the old handle can still commit. Fallback-path adds are covered by the in-flight
+/// counts (see the module).
 ///
-/// The inlined part is the chunk lookup and a single critical section; a restart, or a
-/// thread without an rseq area, continues out of line, which keeps the common path free of
-/// register spills.
+/// The inlined part is the chunk lookup and a single critical section; a restart, an
+/// unregistered area, or a thread without an rseq area continues out of line, which keeps
+/// the common path free of register spills.
 #[inline(always)]
 pub(crate) fn add(h: u64, amount: i64) -> Result<(), Error> {
     let Some(e) = entry(slot_of(h)) else { return Err(Error::InvalidArgument) };
-    let index = index_of_handle(h);
+    if amount < 0 && !e.may_decrease.load(Ordering::Relaxed) {
+        note_decrease(e, h);
+    }
     if let Some(area) = ThreadArea::current() {
-        // SAFETY: the words of an entry are pool memory with a copy for every possible CPU,
-        // written only by critical sections; the handle word is an AtomicU64 of the entry
-        // (never freed); `index` was resolved when the counter was created (a forged handle
-        // with the other index bit fails the handle comparison).
-        match unsafe { area.try_add_if_equal(index, e.handle.as_ptr(), h, e.words(), amount as u64) } {
+        // SAFETY: the words of an entry are alive and written only by critical sections; the
+        // handle word is an AtomicU64 of the entry (never freed).
+        match unsafe { area.try_add_if_equal(e.handle.as_ptr(), h, &e.words(index_of_handle(h)), amount as u64) } {
             (Outcome::Committed, _) => return Ok(()),
             (Outcome::CompareFailed, _) => return Err(classify(h)),
-            (Outcome::Aborted, _) => {}
+            (Outcome::Aborted | Outcome::Unusable, _) => {}
         }
     }
-    add_slow(e, h, index, amount)
+    add_slow(e, h, amount)
+}
+
+/// Marks the live counter `h` as one that may decrease (a gauge in the export).
+#[cold]
+#[inline(never)]
+fn note_decrease(e: &Entry, h: u64) {
+    if e.handle.load(Ordering::Acquire) == h {
+        e.may_decrease.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cold]
 #[inline(never)]
-fn add_slow(e: &Entry, h: u64, index: Index, amount: i64) -> Result<(), Error> {
+fn add_slow(e: &Entry, h: u64, amount: i64) -> Result<(), Error> {
     if let Some(area) = ThreadArea::current() {
+        let words = e.words(index_of_handle(h));
+        let mut registered = false;
         for _ in 0..rseq::ops::MAX_RESTARTS {
             // SAFETY: as in `add`.
-            match unsafe { area.try_add_if_equal(index, e.handle.as_ptr(), h, e.words(), amount as u64) } {
+            match unsafe { area.try_add_if_equal(e.handle.as_ptr(), h, &words, amount as u64) } {
                 (Outcome::Committed, _) => return Ok(()),
                 (Outcome::CompareFailed, _) => return Err(classify(h)),
                 (Outcome::Aborted, _) => {}
+                (Outcome::Unusable, _) => {
+                    // Registers the area if nobody tried in this thread yet.
+                    if registered || !area.make_usable() {
+                        break;
+                    }
+                    registered = true;
+                }
             }
         }
     }
-    if e.handle.load(Ordering::Acquire) != h {
+    add_fallback(e, h, amount)
+}
+
+/// The fallback path: raise the in-flight count, check the handle, add, lower the count.
+fn add_fallback(e: &Entry, h: u64, amount: i64) -> Result<(), Error> {
+    let cpu = rseq::fallback::current_index() % ncpus() as usize;
+    // SAFETY: `cpu < ncpus`: live pool words, only used atomically.
+    let (inflight, word) = unsafe { (&*e.inflight().ptr().at(cpu), &*e.fallback().ptr().at(cpu)) };
+    // SeqCst on both sides (here: raise, then read the handle; in `wait_for_fallback_adds`:
+    // the DEAD store, then read the count): if this add sees the live handle, the delete sees
+    // it in flight.
+    inflight.fetch_add(1, Ordering::SeqCst);
+    if e.handle.load(Ordering::SeqCst) != h {
+        inflight.fetch_sub(1, Ordering::Release);
         return Err(classify(h));
     }
-    // SAFETY: the fallback set is a distinct pool word per CPU, only written atomically.
-    unsafe { rseq::fallback::add(e.fallback(), amount as u64) };
+    if PARK_FALLBACK_ADDS.load(Ordering::Relaxed) {
+        park();
+    }
+    rseq::stats::note_fallback_op();
+    word.fetch_add(amount as u64, Ordering::Relaxed);
+    inflight.fetch_sub(1, Ordering::Release);
     Ok(())
+}
+
+#[cold]
+fn park() {
+    PARKED.fetch_add(1, Ordering::SeqCst);
+    while PARK_FALLBACK_ADDS.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    PARKED.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Test hook: while `true`, fallback-path adds stop between their handle check and their
+/// add (the window a delete must wait for). Returns how many are parked right now.
+pub(crate) fn park_fallback_adds(on: Option<bool>) -> u64 {
+    if let Some(on) = on {
+        PARK_FALLBACK_ADDS.store(on, Ordering::SeqCst);
+    }
+    PARKED.load(Ordering::SeqCst)
+}
+
+/// Waits until no fallback add that may have seen the live handle of `slot` is still in
+/// flight: each CPU copy of its in-flight count is seen at zero once, after the caller's
+/// `DEAD` store (adds that raise later see `DEAD` and back out at once).
+pub(crate) fn wait_for_fallback_adds(slot: usize) {
+    let Some(e) = entry(slot) else { return };
+    let inflight = e.inflight();
+    for cpu in 0..inflight.ncpus() as usize {
+        // SAFETY: `cpu < ncpus`: a live pool word.
+        let count = unsafe { &*inflight.ptr().at(cpu) };
+        let mut spins = 0u32;
+        while count.load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < 100 {
+                core::hint::spin_loop();
+            } else {
+                // An add preempted, stopped or in a long signal handler between its raise and
+                // its lower: sleep rather than burn the CPU it needs.
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// In a forked child (only the forking thread exists): clears the in-flight counts that
+/// threads of the parent left raised, so deletes in the child do not wait for them.
+/// Caller holds the registry lock, `nslots` slots exist.
+pub(crate) fn reset_inflight_in_child(nslots: usize) {
+    for slot in 0..nslots {
+        let Some(e) = entry(slot) else { continue };
+        let inflight = e.inflight();
+        for cpu in 0..inflight.ncpus() as usize {
+            // SAFETY: as in `wait_for_fallback_adds`; read first so untouched copies stay
+            // unpopulated.
+            let count = unsafe { &*inflight.ptr().at(cpu) };
+            if count.load(Ordering::Relaxed) != 0 {
+                count.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Whether the live counter `h` ever received a negative add.
+pub(crate) fn may_decrease(h: u64) -> bool {
+    live(h).is_ok_and(|e| e.may_decrease.load(Ordering::Relaxed))
 }
 
 /// The exact value of the counter `h`: the sum of both word sets over every possible CPU,
@@ -214,25 +347,26 @@ pub(crate) fn handle_of(slot: usize) -> u64 {
 /// Caller holds the registry lock.
 pub(crate) fn alloc_chunk(pool: &PercpuPool, k: usize) -> Result<(), Error> {
     debug_assert!(CHUNKS[k].load(Ordering::Relaxed).is_null());
-    NCPUS.store(pool.ncpus(), Ordering::Relaxed);
+    NCPUS.store(pool.ncpus().max(1), Ordering::Relaxed);
     let bytes = CHUNK_LEN * 8;
-    let words = pool.alloc(bytes, 64).ok_or(Error::OutOfMemory)?;
-    let Some(fallback) = pool.alloc(bytes, 64) else {
-        // SAFETY: `words` was just allocated with this size and nobody has seen it.
-        unsafe { pool.free(words, bytes) };
-        return Err(Error::OutOfMemory);
-    };
+    let mut parts = [None; 3];
+    for part in parts.iter_mut() {
+        *part = pool.alloc(bytes, 64);
+    }
     let layout = std::alloc::Layout::new::<[Entry; CHUNK_LEN]>();
     // SAFETY: the layout has a non-zero size.
     let chunk = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Entry>();
-    if chunk.is_null() {
-        // SAFETY: as above, both slots are unused.
-        unsafe {
-            pool.free(words, bytes);
-            pool.free(fallback, bytes);
+    let (Some(words), Some(fallback), Some(inflight), false) = (parts[0], parts[1], parts[2], chunk.is_null()) else {
+        for p in parts.into_iter().flatten() {
+            // SAFETY: allocated just above with this size; nobody has seen it.
+            unsafe { pool.free(p, bytes) };
+        }
+        if !chunk.is_null() {
+            // SAFETY: allocated just above with this layout.
+            unsafe { std::alloc::dealloc(chunk.cast(), layout) };
         }
         return Err(Error::OutOfMemory);
-    }
+    };
     for i in 0..CHUNK_LEN {
         // SAFETY: `chunk` is a fresh, zeroed (valid: atomics and null pointers) array of
         // CHUNK_LEN entries that no other thread can see yet.
@@ -241,6 +375,7 @@ pub(crate) fn alloc_chunk(pool: &PercpuPool, k: usize) -> Result<(), Error> {
             (*e).handle = AtomicU64::new(DEAD);
             (*e).words = words.base().add(i * 8).cast();
             (*e).fallback = fallback.base().add(i * 8).cast();
+            (*e).inflight = inflight.base().add(i * 8).cast();
         }
     }
     CHUNKS[k].store(chunk, Ordering::Release);
@@ -258,13 +393,15 @@ pub(crate) fn publish(slot: usize, index: Index) -> Result<u64, Error> {
     let index_bit = if index == Index::MmCid { INDEX_BIT } else { 0 };
     let h = (generation << GEN_SHIFT) | index_bit | slot as u64;
     e.generation.store(generation, Ordering::Relaxed);
+    e.may_decrease.store(false, Ordering::Relaxed);
     e.baseline.store(e.sum(), Ordering::Relaxed);
     e.handle.store(h, Ordering::Release);
     Ok(h)
 }
 
-/// Marks the live counter `h` deleted and returns its slot. Caller holds the registry lock,
-/// and calls [`crate::fence::fence_rseq_adds`] before the slot may be reused.
+/// Marks the live counter `h` deleted and returns its slot. Caller holds the registry lock;
+/// before the slot may be reused, a fence ([`crate::fence`]) must cover the rseq adds and
+/// [`wait_for_fallback_adds`] the fallback ones.
 pub(crate) fn retire(h: u64) -> Result<usize, Error> {
     let e = live(h)?;
     e.handle.store(DEAD, Ordering::SeqCst);

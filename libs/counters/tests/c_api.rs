@@ -92,7 +92,7 @@ fn c_program_built_with_pkg_config_checks_every_result() {
     let normal = run_smoke(&prefix, &exe, |_| {});
     let want = match pcounters::rseq_mode() {
         pcounters::Mode::LibcOwned => "rseq mode 1 ",
-        pcounters::Mode::RegisteredByUs | pcounters::Mode::RegisteredByPeer => "rseq mode 2 ",
+        pcounters::Mode::Registered => "rseq mode 2 ",
         _ => "rseq mode 4 ",
     };
     assert!(normal.contains(want), "expected {want:?}:\n{normal}");

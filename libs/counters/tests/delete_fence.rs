@@ -145,7 +145,7 @@ fn deletes_waiting_for_a_membarrier_share_the_next_one() {
     const N: usize = 8;
     let counters: Vec<Counter> =
         (0..N).map(|i| Counter::new(&format!("fence_batch_{i}"), Index::CpuId).unwrap()).collect();
-    let (issued_before, covered_before) = pcounters::delete_fence_stats();
+    let (issued_before, covered_before, _) = pcounters::delete_fence_stats();
     pcounters::hold_delete_fences(true);
     let threads: Vec<_> = counters.into_iter().map(|c| std::thread::spawn(move || c.delete().unwrap())).collect();
     let start = Instant::now();
@@ -161,7 +161,7 @@ fn deletes_waiting_for_a_membarrier_share_the_next_one() {
     for t in threads {
         t.join().unwrap();
     }
-    let (issued, covered) = pcounters::delete_fence_stats();
+    let (issued, covered, _) = pcounters::delete_fence_stats();
     let (issued, covered) = (issued - issued_before, covered - covered_before);
     if issued == 0 && covered == 0 {
         eprintln!("skipped: no membarrier(PRIVATE_EXPEDITED_RSEQ) on this kernel");

@@ -14,7 +14,7 @@ use libloading::os::unix::{Library, Symbol};
 use pcounters::ffi::pcounters_counter;
 use pcounters::{Counter, Index};
 
-const EXPORTS: [&str; 16] = [
+const EXPORTS: [&str; 17] = [
     "pcounters_add",
     "pcounters_count",
     "pcounters_create",
@@ -24,6 +24,7 @@ const EXPORTS: [&str; 16] = [
     "pcounters_get",
     "pcounters_index",
     "pcounters_lookup",
+    "pcounters_memory",
     "pcounters_name",
     "pcounters_prometheus",
     "pcounters_rseq_mode",

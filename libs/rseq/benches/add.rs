@@ -1,5 +1,7 @@
 //! ns per add, side by side in one run: the rseq path, the fallback path, `fetch_add` on
-//! one shared line, a thread-local increment and a private increment, for 1 and 2 threads.
+//! one shared line, a thread-local increment and a private increment, for 1 and 2 threads;
+//! and one critical section with and without the in-section bound check (the section as it
+//! was before the check, kept for this comparison only).
 //!
 //! `cargo bench -p rseq --bench add` (figures in docs/BENCHMARKS.md). The machines are noisy
 //! guests: compare the ratios within one run, never the absolute numbers across runs.
@@ -11,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use rseq::pool::PercpuPool;
-use rseq::{percpu_add, Index, PercpuPtr};
+use rseq::{percpu_add, Index, Outcome, PercpuArray, ThreadArea};
 
 const OPS: u64 = 20_000_000;
 const REPEATS: usize = 5;
@@ -22,6 +24,8 @@ enum Variant {
     PrivateMemory,
     ThreadLocal,
     Rseq,
+    SectionChecked,
+    SectionUnchecked,
     Fallback,
     SharedFetchAdd,
 }
@@ -33,6 +37,8 @@ impl Variant {
             Variant::PrivateMemory => "private increment (memory word)",
             Variant::ThreadLocal => "thread_local! Cell increment",
             Variant::Rseq => "rseq percpu_add (cpu_id)",
+            Variant::SectionChecked => "one section, bound checked (now)",
+            Variant::SectionUnchecked => "one section, no bound (before)",
             Variant::Fallback => "fallback percpu_add (atomic)",
             Variant::SharedFetchAdd => "AtomicU64::fetch_add, one line",
         }
@@ -44,8 +50,8 @@ thread_local! {
 }
 
 struct Shared {
-    words: PercpuPtr<u64>,
-    fallback: PercpuPtr<AtomicU64>,
+    words: PercpuArray<u64>,
+    fallback: PercpuArray<AtomicU64>,
     line: AtomicU64,
 }
 
@@ -77,7 +83,28 @@ fn run_thread(v: Variant, s: &Shared) {
         Variant::Rseq | Variant::Fallback => {
             for _ in 0..OPS {
                 // SAFETY: pool slots sized for every possible CPU.
-                unsafe { percpu_add(Index::CpuId, s.words, s.fallback, black_box(1)) };
+                unsafe { percpu_add(&s.words, &s.fallback, black_box(1)) };
+            }
+        }
+        Variant::SectionChecked | Variant::SectionUnchecked => {
+            let area = ThreadArea::current().expect("the section rows need an rseq area");
+            let checked = matches!(v, Variant::SectionChecked);
+            for _ in 0..OPS {
+                loop {
+                    // SAFETY: pool slots sized for every possible CPU, written only by sections;
+                    // the unchecked row runs only on a registered area (see `main`).
+                    let (o, _) = unsafe {
+                        if checked {
+                            area.try_add(&s.words, black_box(1))
+                        } else {
+                            area.try_add_unchecked(&s.words, black_box(1))
+                        }
+                    };
+                    if o != Outcome::Aborted {
+                        assert_eq!(o, Outcome::Committed);
+                        break;
+                    }
+                }
             }
         }
         Variant::SharedFetchAdd => {
@@ -115,11 +142,15 @@ fn measure(v: Variant, threads: usize, s: &Arc<Shared>) -> f64 {
 
 fn main() {
     let pool = Box::leak(Box::new(PercpuPool::new(rseq::pool::DEFAULT_STRIDE).expect("pool")));
-    let s = Arc::new(Shared {
-        words: pool.alloc(8, 8).unwrap().cast(),
-        fallback: pool.alloc(8, 8).unwrap().cast(),
-        line: AtomicU64::new(0),
-    });
+    // SAFETY: zeroed 8-byte pool slots are valid u64 / AtomicU64 copies.
+    let (words, fallback) = unsafe {
+        (
+            pool.alloc_array(8, 8, Index::CpuId).unwrap().cast(),
+            pool.alloc_array(8, 8, Index::CpuId).unwrap().cast(),
+        )
+    };
+    let s = Arc::new(Shared { words, fallback, line: AtomicU64::new(0) });
+    let sections = rseq::mode().is_fast();
     println!(
         "rseq mode: {}, feature size {}, {} possible CPUs",
         rseq::mode().name(),
@@ -127,14 +158,11 @@ fn main() {
         pool.ncpus()
     );
     println!("median of {REPEATS} runs, {OPS} adds per thread, ns per add per thread");
-    let variants = [
-        Variant::Private,
-        Variant::PrivateMemory,
-        Variant::ThreadLocal,
-        Variant::Rseq,
-        Variant::Fallback,
-        Variant::SharedFetchAdd,
-    ];
+    let mut variants = vec![Variant::Private, Variant::PrivateMemory, Variant::ThreadLocal, Variant::Rseq];
+    if sections {
+        variants.extend([Variant::SectionChecked, Variant::SectionUnchecked]);
+    }
+    variants.extend([Variant::Fallback, Variant::SharedFetchAdd]);
     println!("{:<34} {:>10} {:>10} {:>14} {:>14}", "variant", "1 thread", "2 threads", "vs rseq (1t)", "vs rseq (2t)");
     let results: Vec<(Variant, f64, f64)> =
         variants.iter().map(|&v| (v, measure(v, 1, &s), measure(v, 2, &s))).collect();
@@ -143,10 +171,16 @@ fn main() {
         println!("{:<34} {:>10.2} {:>10.2} {:>13.2}x {:>13.2}x", v.name(), t1, t2, t1 / r1, t2 / r2);
     }
     // SAFETY: all threads are joined; the slots are pool memory.
-    let total = unsafe { rseq::percpu_sum(s.words, s.fallback, pool.ncpus()) };
-    let expect = 2 * 3 * REPEATS as u64 * OPS;
+    let total = unsafe { rseq::percpu_sum(&s.words, &s.fallback) };
+    let rows = if sections { 4 } else { 2 };
+    let expect = rows * 3 * REPEATS as u64 * OPS;
     assert_eq!(total, expect, "the benchmarked counter lost updates");
-    println!("check: per-CPU counter sum {total} = every add made (rseq and fallback runs)");
+    println!("check: per-CPU counter sum {total} = every add made (rseq, section and fallback runs)");
+    if sections {
+        let (c1, c2) = results.iter().find(|r| matches!(r.0, Variant::SectionChecked)).map(|r| (r.1, r.2)).unwrap();
+        let (u1, u2) = results.iter().find(|r| matches!(r.0, Variant::SectionUnchecked)).map(|r| (r.1, r.2)).unwrap();
+        println!("bound check: checked / unchecked section = {:.3} (1 thread), {:.3} (2 threads)", c1 / u1, c2 / u2);
+    }
     let st = rseq::stats();
     println!("aborts {}, fallback operations {}", st.aborts, st.fallback_ops);
 }

@@ -3,15 +3,29 @@
 //! The area always lives in libc's thread control block at thread pointer + `__rseq_offset`.
 //! When libc registered it (`__rseq_size > 0`) every thread already has it. When libc only
 //! reserved it (`__rseq_size == 0`, e.g. `GLIBC_TUNABLES=glibc.pthread.rseq=0`), this copy
-//! registers that same slot for the calling thread on first use; a peer copy that did so
-//! first makes the kernel answer `EBUSY`, which is just as good. The outcome is remembered in
-//! this copy's own thread-local flag, never inferred from the area's contents.
+//! registers that same slot for the calling thread when a critical section finds it
+//! unregistered; a peer copy that did so first makes the kernel answer `EBUSY`, which is
+//! just as good.
 //!
-//! Nothing here allocates, locks or unwinds, so the lookup is usable from signal handlers.
+//! No thread-local state. Whether the calling thread is registered is read from the area
+//! itself: glibc stores `RSEQ_CPU_ID_REGISTRATION_FAILED` (-2) into `cpu_id` of every thread
+//! it does not register, at thread start (so a reused thread control block starts afresh),
+//! the kernel stores -1 when an area is unregistered, and while registered the kernel keeps
+//! a real CPU there. Every critical section compares the index with the structure's size
+//! inside the section, so an unregistered area simply reports the index unusable and the
+//! operation comes here. When registering fails (`EINVAL`: another area is registered, as
+//! older tcmalloc and librseq do; `ENOSYS`: seccomp), the errno is written into `cpu_id` of
+//! the *unregistered* area as `0xffff_0000 | errno` — still out of range for every
+//! structure, never touched by the kernel (it only writes registered areas, and registration
+//! rewrites the field) and reset by glibc at the next thread start — so the thread takes
+//! the fallback path without asking the kernel again, and [`mode`] can report the errno.
+//!
+//! Nothing here allocates, locks or unwinds, and nothing uses dynamic TLS (which may call
+//! malloc): the lookup and the registration are usable from signal handlers and from inside
+//! an allocator.
 
-use core::cell::Cell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicIsize, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicU8, Ordering};
 
 use crate::arch;
 
@@ -63,10 +77,9 @@ pub struct RseqArea {
 pub enum Mode {
     /// libc registered the area for every thread.
     LibcOwned,
-    /// libc only reserved the area and this copy registered it for this thread.
-    RegisteredByUs,
-    /// libc only reserved the area and a peer copy registered it first (`EBUSY`).
-    RegisteredByPeer,
+    /// libc only reserved the area, and a library registered it for this thread: this copy
+    /// or a peer (which one is not recorded: that would take per-thread state).
+    Registered,
     /// No usable area: every operation of this thread takes the fallback path. `errno` is
     /// the error `rseq(2)` returned, or 0 when libc exposes no area at all.
     Unavailable {
@@ -80,54 +93,68 @@ pub enum Mode {
 impl Mode {
     /// Whether critical sections run on this thread.
     pub fn is_fast(self) -> bool {
-        matches!(self, Mode::LibcOwned | Mode::RegisteredByUs | Mode::RegisteredByPeer)
+        matches!(self, Mode::LibcOwned | Mode::Registered)
     }
 
     /// A short stable name, for reports.
     pub fn name(self) -> &'static str {
         match self {
             Mode::LibcOwned => "libc-owned",
-            Mode::RegisteredByUs => "registered-by-us",
-            Mode::RegisteredByPeer => "registered-by-peer",
+            Mode::Registered => "registered",
             Mode::Unavailable { .. } => "unavailable",
             Mode::Disabled => "disabled",
         }
     }
 }
 
-// Process-wide state of this copy. STATE moves once from UNINIT to one of the others,
-// except that `force_fallback` may switch it to and from FORCED.
+// Process-wide state of this copy: moves once from UNINIT to one of the others.
 const UNINIT: u8 = 0;
 const LIBC_OWNED: u8 = 1;
 const LAZY: u8 = 2;
 const NO_AREA: u8 = 3;
-const FORCED: u8 = 4;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-/// State before `force_fallback(true)`, restored by `force_fallback(false)`.
-static STATE_BEFORE_FORCE: AtomicU8 = AtomicU8::new(UNINIT);
-/// libc's `__rseq_offset` while STATE is LIBC_OWNED; `isize::MIN` otherwise, so the fast
-/// path needs a single load.
+/// Set by `force_fallback(true)`.
+static FORCED: AtomicBool = AtomicBool::new(false);
+/// libc's `__rseq_offset` while critical sections may run (LIBC_OWNED or LAZY, not forced);
+/// `isize::MIN` otherwise, so the fast path needs a single load. Whoever stores an offset
+/// here checks `FORCED` afterwards and undoes it when set (see [`publish_fast_offset`]).
 static FAST_OFFSET: AtomicIsize = AtomicIsize::new(isize::MIN);
 /// libc's `__rseq_offset` whenever libc has one (any state).
 static OFFSET: AtomicIsize = AtomicIsize::new(0);
 static FEATURE_SIZE: AtomicU32 = AtomicU32::new(0);
 static LIBC_SIZE: AtomicU32 = AtomicU32::new(0);
 
-// Per-thread outcome of the lazy registration (LAZY state only).
-const T_UNTRIED: u8 = 0;
-const T_OURS: u8 = 1;
-const T_PEER: u8 = 2;
-const T_FAILED: u8 = 3;
+/// `cpu_id` of an area that was never initialised, or that the kernel unregistered.
+const CPU_ID_UNINITIALIZED: u32 = u32::MAX;
+/// `cpu_id` glibc stores in threads it does not register.
+const CPU_ID_REGISTRATION_FAILED: u32 = u32::MAX - 1;
+/// `cpu_id` marks "this copy (or a peer) tried to register and got `errno`": this base
+/// plus the errno.
+const CPU_ID_FAILED_BASE: u32 = 0xffff_0000;
 
-thread_local! {
-    // Const-initialised and without destructors: the library stays unloadable.
-    static THREAD_STATE: Cell<u8> = const { Cell::new(T_UNTRIED) };
-    static THREAD_ERRNO: Cell<i32> = const { Cell::new(0) };
+/// What the `cpu_id` of the calling thread's area says about its registration.
+enum Registration {
+    /// A CPU number: registered.
+    Registered,
+    /// -1 or -2: not registered, and nobody tried in this thread.
+    Untried,
+    /// A registration already failed in this thread with this errno.
+    Failed(i32),
 }
 
-/// A pointer to the calling thread's registered area. Not `Send`: it is only meaningful on
-/// the thread that obtained it.
+fn classify(cpu_id: u32) -> Registration {
+    match cpu_id {
+        CPU_ID_UNINITIALIZED | CPU_ID_REGISTRATION_FAILED => Registration::Untried,
+        c if c >= CPU_ID_FAILED_BASE => Registration::Failed((c - CPU_ID_FAILED_BASE) as i32),
+        c if c < 1 << 31 => Registration::Registered,
+        // No kernel reports such a CPU number; nothing to do but fall back.
+        _ => Registration::Failed(0),
+    }
+}
+
+/// A pointer to the calling thread's area (registered or not). Not `Send`: it is only
+/// meaningful on the thread that obtained it.
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadArea {
     ptr: NonNull<RseqArea>,
@@ -135,8 +162,9 @@ pub struct ThreadArea {
 }
 
 impl ThreadArea {
-    /// The calling thread's area when critical sections can run on it, registering libc's
-    /// reserved slot first if needed; `None` means: use the fallback path.
+    /// The calling thread's area when critical sections may run on it; `None` means: use
+    /// the fallback path. The area may be unregistered: its sections then report the index
+    /// unusable, and [`ThreadArea::make_usable`] registers it when that is possible.
     #[inline(always)]
     pub fn current() -> Option<ThreadArea> {
         let off = FAST_OFFSET.load(Ordering::Relaxed);
@@ -161,7 +189,7 @@ impl ThreadArea {
         self.ptr.as_ptr()
     }
 
-    /// The CPU the thread runs on right now (may be stale by the time it is used).
+    /// The `cpu_id` field right now: a CPU while registered, else -1, -2 or a failure mark.
     #[inline(always)]
     pub fn cpu_id(self) -> u32 {
         // SAFETY: the area is valid for the calling thread; the kernel updates the field
@@ -178,46 +206,84 @@ impl ThreadArea {
         // SAFETY: as in `cpu_id`.
         Some(unsafe { core::ptr::addr_of!((*self.as_ptr()).mm_cid).read_volatile() })
     }
+
+    /// Called when a critical section reported its index unusable: registers the area for
+    /// the calling thread when nobody has tried yet (libc reserved it but did not register
+    /// it, or it was unregistered), and says whether retrying the section can help. `false`
+    /// means: take the fallback path (registration failed now or earlier in this thread, or
+    /// the area is registered and the index is simply beyond the structure, or stopped).
+    /// Async-signal-safe; no allocation.
+    #[cold]
+    #[inline(never)]
+    pub fn make_usable(self) -> bool {
+        if !matches!(classify(self.cpu_id()), Registration::Untried) {
+            return false;
+        }
+        let area = self.as_ptr().cast::<u8>();
+        match crate::sys::rseq_register(area, REGISTER_LEN, RSEQ_SIG) {
+            Ok(()) => {
+                crate::stats::note_registration(crate::stats::Registered::ByUs);
+                true
+            }
+            Err(libc::EBUSY) => {
+                crate::stats::note_registration(crate::stats::Registered::ByPeer);
+                true
+            }
+            Err(errno) => {
+                crate::stats::note_registration(crate::stats::Registered::Failed);
+                // Still unregistered after the failure, so the kernel does not own the field:
+                // leave the errno for the next operation and for `mode`, unless a signal
+                // handler registered the area meanwhile.
+                if matches!(classify(self.cpu_id()), Registration::Untried) {
+                    let mark = CPU_ID_FAILED_BASE | (errno.clamp(0, 0xfffd) as u32);
+                    // SAFETY: the calling thread's area, not registered: only this thread and
+                    // glibc (at thread start) write `cpu_id` now.
+                    unsafe { core::ptr::addr_of_mut!((*self.as_ptr()).cpu_id).write_volatile(mark) };
+                }
+                false
+            }
+        }
+    }
 }
 
 #[cold]
 #[inline(never)]
 fn current_slow() -> Option<ThreadArea> {
-    let mut state = STATE.load(Ordering::Acquire);
-    if state == UNINIT {
-        init();
-        state = STATE.load(Ordering::Acquire);
+    let state = ensure_init();
+    if FORCED.load(Ordering::Acquire) {
+        return None;
     }
     match state {
-        LIBC_OWNED => Some(ThreadArea::at_offset(OFFSET.load(Ordering::Relaxed))),
-        LAZY => {
-            let t = THREAD_STATE.with(|s| s.get());
-            let t = if t == T_UNTRIED { register_current_thread() } else { t };
-            match t {
-                T_OURS | T_PEER => Some(ThreadArea::at_offset(OFFSET.load(Ordering::Relaxed))),
-                _ => None,
-            }
+        LIBC_OWNED | LAZY => {
+            // Not forced, yet the fast offset is unset: a `force_fallback(false)` racing with
+            // a `force_fallback(true)` left it so. Publish it again.
+            publish_fast_offset();
+            Some(ThreadArea::at_offset(OFFSET.load(Ordering::Relaxed)))
         }
         _ => None,
     }
 }
 
-/// Registers libc's reserved slot for the calling thread and remembers the outcome.
-fn register_current_thread() -> u8 {
-    let area = arch::thread_pointer().wrapping_offset(OFFSET.load(Ordering::Relaxed));
-    let (t, errno) = match crate::sys::rseq_register(area, REGISTER_LEN, RSEQ_SIG) {
-        Ok(()) => (T_OURS, 0),
-        Err(libc::EBUSY) => (T_PEER, 0),
-        Err(e) => (T_FAILED, e),
-    };
-    THREAD_ERRNO.with(|c| c.set(errno));
-    THREAD_STATE.with(|c| c.set(t));
-    crate::stats::note_registration(t == T_OURS, t == T_PEER, t == T_FAILED);
-    t
+/// Stores the fast offset when critical sections may run, then undoes that if the fallback
+/// is forced meanwhile. With every store and load `SeqCst`, a concurrent
+/// `force_fallback(true)` either stores `isize::MIN` after this store or has set `FORCED`
+/// before this load: either way the fast path ends up off.
+fn publish_fast_offset() {
+    if matches!(STATE.load(Ordering::SeqCst), LIBC_OWNED | LAZY) && !FORCED.load(Ordering::SeqCst) {
+        FAST_OFFSET.store(OFFSET.load(Ordering::SeqCst), Ordering::SeqCst);
+        if FORCED.load(Ordering::SeqCst) {
+            FAST_OFFSET.store(isize::MIN, Ordering::SeqCst);
+        }
+    }
 }
 
-/// Looks up libc's rseq symbols once. Racing callers compute the same values.
-fn init() {
+/// Looks up libc's rseq symbols and the kernel's feature size (idempotent: racing callers
+/// compute the same values). Called on first use, or from a library's load-time constructor
+/// through [`crate::init`].
+pub(crate) fn init() {
+    if STATE.load(Ordering::Acquire) != UNINIT {
+        return;
+    }
     let offset = lookup_symbol::<isize>(c"__rseq_offset");
     let size = lookup_symbol::<u32>(c"__rseq_size");
     let aux = getauxval(AT_RSEQ_FEATURE_SIZE);
@@ -225,23 +291,21 @@ fn init() {
     let kernel_features = if aux == 0 { 20 } else { aux.min(32) as u32 };
     let (state, feature_size, libc_size) = match (offset, size) {
         (Some(off), Some(size)) if size > 0 => {
-            OFFSET.store(off, Ordering::Relaxed);
+            OFFSET.store(off, Ordering::SeqCst);
             // glibc reserves 32 bytes but may report 20 (2.36) or 32: trust the kernel then.
             let fs = if size == 20 || size == 32 { kernel_features } else { size };
             (LIBC_OWNED, fs, size)
         }
         (Some(off), _) => {
-            OFFSET.store(off, Ordering::Relaxed);
+            OFFSET.store(off, Ordering::SeqCst);
             (LAZY, kernel_features, 0)
         }
         _ => (NO_AREA, 0, 0),
     };
     FEATURE_SIZE.store(feature_size, Ordering::Relaxed);
     LIBC_SIZE.store(libc_size, Ordering::Relaxed);
-    if state == LIBC_OWNED {
-        FAST_OFFSET.store(OFFSET.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-    let _ = STATE.compare_exchange(UNINIT, state, Ordering::AcqRel, Ordering::Acquire);
+    let _ = STATE.compare_exchange(UNINIT, state, Ordering::SeqCst, Ordering::SeqCst);
+    publish_fast_offset();
 }
 
 fn lookup_symbol<T: Copy>(name: &core::ffi::CStr) -> Option<T> {
@@ -273,21 +337,24 @@ fn ensure_init() -> u8 {
 }
 
 /// How the calling thread reaches an rseq area, registering libc's reserved slot on the way
-/// when that is what the process needs.
+/// when that is what the process needs. Async-signal-safe.
 pub fn mode() -> Mode {
-    match ensure_init() {
-        LIBC_OWNED => Mode::LibcOwned,
-        LAZY => {
-            let t = THREAD_STATE.with(|s| s.get());
-            let t = if t == T_UNTRIED { register_current_thread() } else { t };
-            match t {
-                T_OURS => Mode::RegisteredByUs,
-                T_PEER => Mode::RegisteredByPeer,
-                _ => Mode::Unavailable { errno: THREAD_ERRNO.with(|c| c.get()) },
-            }
-        }
-        FORCED => Mode::Disabled,
-        _ => Mode::Unavailable { errno: 0 },
+    let state = ensure_init();
+    if FORCED.load(Ordering::Acquire) {
+        return Mode::Disabled;
+    }
+    if !matches!(state, LIBC_OWNED | LAZY) {
+        return Mode::Unavailable { errno: 0 };
+    }
+    let area = ThreadArea::at_offset(OFFSET.load(Ordering::Relaxed));
+    if matches!(classify(area.cpu_id()), Registration::Untried) {
+        area.make_usable();
+    }
+    match classify(area.cpu_id()) {
+        Registration::Registered if state == LIBC_OWNED => Mode::LibcOwned,
+        Registration::Registered => Mode::Registered,
+        Registration::Failed(errno) => Mode::Unavailable { errno },
+        Registration::Untried => Mode::Unavailable { errno: 0 },
     }
 }
 
@@ -308,20 +375,16 @@ pub fn libc_reported_size() -> u32 {
 /// (`true`), or restores the normal choice (`false`). Used by benchmarks and by the harness
 /// to run one library on its slow path next to the others. Threads inside an operation
 /// finish it on the path they started on; both paths stay correct together because they
-/// never write the same word.
+/// never write the same word. Safe against a concurrent first use (`init`) and against
+/// concurrent calls: once the last call returned, the fast path is on exactly when the last
+/// call asked for it (or, if two callers disagreed at the same moment, off with `false`
+/// until the next operation republishes it).
 pub fn force_fallback(on: bool) {
-    let cur = ensure_init();
+    ensure_init();
+    FORCED.store(on, Ordering::SeqCst);
     if on {
-        if cur != FORCED {
-            STATE_BEFORE_FORCE.store(cur, Ordering::Relaxed);
-            FAST_OFFSET.store(isize::MIN, Ordering::Relaxed);
-            STATE.store(FORCED, Ordering::Release);
-        }
-    } else if cur == FORCED {
-        let prev = STATE_BEFORE_FORCE.load(Ordering::Relaxed);
-        STATE.store(prev, Ordering::Release);
-        if prev == LIBC_OWNED {
-            FAST_OFFSET.store(OFFSET.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        FAST_OFFSET.store(isize::MIN, Ordering::SeqCst);
+    } else {
+        publish_fast_offset();
     }
 }

@@ -4,27 +4,34 @@
 use core::sync::atomic::AtomicU64;
 
 use crate::ops::{percpu_add, percpu_load_compare_store, Index, PercpuStack};
-use crate::percpu::PercpuPtr;
+use crate::percpu::PercpuArray;
 
 /// Runs every operation with both indexes.
 ///
 /// # Safety
 /// Never meant to be called: it exists to be compiled.
 #[inline(never)]
-pub unsafe fn instantiate_all(w: PercpuPtr<u64>, f: PercpuPtr<AtomicU64>, s: PercpuStack, buf: &mut [u64]) {
+pub unsafe fn instantiate_all(w: PercpuArray<u64>, f: PercpuArray<AtomicU64>, s: PercpuStack, buf: &mut [u64]) {
     for index in [Index::CpuId, Index::MmCid] {
+        let w = w.with_index(index);
         // SAFETY: forwarded (never called).
         unsafe {
-            percpu_add(index, w, f, 1);
+            percpu_add(&w, &f, 1);
             if let Some(area) = crate::ThreadArea::current() {
-                let _ = area.try_add_if_equal(index, w.base(), 0, w, 1);
-                let _ = area.try_add_if_equal_delayed(index, w.base(), 0, w, 1, 100);
+                let _ = area.try_add_if_equal(w.base(), 0, &w, 1);
+                let _ = area.try_add_if_equal_delayed(w.base(), 0, &w, 1, 100);
+                let _ = area.try_add_unchecked(&w, 1);
+                let _ = area.try_load_compare_store_release(&w, 0, 1);
             }
-            let _ = percpu_load_compare_store(index, w, f, 0, 1);
-            let _ = s.push(index, 1);
-            let _ = s.pop(index);
-            let _ = s.push_batch(index, buf);
-            let _ = s.pop_batch(index, buf);
+            let _ = percpu_load_compare_store(&w, &f, 0, 1);
         }
+    }
+    // SAFETY: forwarded (never called).
+    unsafe {
+        let _ = s.push(1);
+        let _ = s.pop();
+        let _ = s.push_batch(buf);
+        let _ = s.pop_batch(buf);
+        let _ = s.drain(0, |_| ());
     }
 }

@@ -6,18 +6,19 @@
 //! critical section and an atomic instruction on the same word lose updates (design notes
 //! §2), so each structure keeps the two sets apart and combines them on read.
 //!
-//! The copy used is the CPU the thread runs on (`sched_getcpu`), which spreads contention
-//! the same way the rseq path does; correctness does not depend on it.
+//! The copy used is the CPU the thread runs on (`sched_getcpu`), reduced into the array's
+//! range, which spreads contention the same way the rseq path does; correctness does not
+//! depend on it (any copy is correct for an atomic).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::percpu::PercpuPtr;
+use crate::percpu::PercpuArray;
 use crate::stats;
 
 /// Bytes before the slots of a fallback stack copy: `lock: u64`, `count: u64`.
 pub const STACK_HEADER: usize = 16;
 
-/// The copy a fallback operation uses: the current CPU (0 if unknown).
+/// The CPU a fallback operation starts from: the current CPU (0 if unknown).
 #[inline]
 pub fn current_index() -> usize {
     // SAFETY: sched_getcpu has no preconditions.
@@ -32,22 +33,22 @@ pub fn current_index() -> usize {
 /// `fallback[cpu] += amount` with an atomic add. Async-signal-safe.
 ///
 /// # Safety
-/// `fallback.at(i)` is valid for every possible CPU `i`.
-pub unsafe fn add(fallback: PercpuPtr<AtomicU64>, amount: u64) {
+/// The array's memory is alive.
+pub unsafe fn add(fallback: &PercpuArray<AtomicU64>, amount: u64) {
     stats::note_fallback();
-    // SAFETY: forwarded contract.
-    unsafe { (*fallback.at(current_index())).fetch_add(amount, Ordering::Relaxed) };
+    // SAFETY: `wrapped` stays inside the array, whose memory is alive.
+    unsafe { (*fallback.wrapped(current_index())).fetch_add(amount, Ordering::Relaxed) };
 }
 
 /// Compare-and-swap on the current CPU's fallback word. Returns the index examined.
 ///
 /// # Safety
 /// As for [`add`].
-pub unsafe fn load_compare_store(fallback: PercpuPtr<AtomicU64>, expect: u64, new: u64) -> Result<u32, u32> {
+pub unsafe fn load_compare_store(fallback: &PercpuArray<AtomicU64>, expect: u64, new: u64) -> Result<u32, u32> {
     stats::note_fallback();
-    let cpu = current_index();
-    // SAFETY: forwarded contract.
-    let word = unsafe { &*fallback.at(cpu) };
+    let cpu = current_index() % fallback.ncpus() as usize;
+    // SAFETY: `cpu < ncpus`; the memory is alive.
+    let word = unsafe { &*fallback.ptr().at(cpu) };
     match word.compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Ok(cpu as u32),
         Err(_) => Err(cpu as u32),
@@ -100,16 +101,16 @@ impl Drop for Locked {
     }
 }
 
-fn locked_current(stack: PercpuPtr<u64>) -> Locked {
+fn locked_current(stack: &PercpuArray<u64>) -> Locked {
     stats::note_fallback();
-    Locked::lock(stack.at(current_index()).cast())
+    Locked::lock(stack.wrapped(current_index()).cast())
 }
 
 /// Pushes on the current CPU's fallback stack; `Err(value)` when full.
 ///
 /// # Safety
-/// `stack.at(i)` is a valid fallback stack (header + `cap` slots) for every possible CPU.
-pub unsafe fn push(stack: PercpuPtr<u64>, cap: usize, value: u64) -> Result<(), u64> {
+/// Every copy of `stack` is a valid fallback stack (header + `cap` slots), alive.
+pub unsafe fn push(stack: &PercpuArray<u64>, cap: usize, value: u64) -> Result<(), u64> {
     let mut s = locked_current(stack);
     let n = s.count();
     if n >= cap {
@@ -125,7 +126,7 @@ pub unsafe fn push(stack: PercpuPtr<u64>, cap: usize, value: u64) -> Result<(), 
 ///
 /// # Safety
 /// As for [`push`].
-pub unsafe fn pop(stack: PercpuPtr<u64>) -> Option<u64> {
+pub unsafe fn pop(stack: &PercpuArray<u64>) -> Option<u64> {
     let mut s = locked_current(stack);
     let n = s.count();
     if n == 0 {
@@ -141,7 +142,7 @@ pub unsafe fn pop(stack: PercpuPtr<u64>) -> Option<u64> {
 ///
 /// # Safety
 /// As for [`push`].
-pub unsafe fn push_batch(stack: PercpuPtr<u64>, cap: usize, src: &[u64]) -> usize {
+pub unsafe fn push_batch(stack: &PercpuArray<u64>, cap: usize, src: &[u64]) -> usize {
     let mut s = locked_current(stack);
     let n = s.count();
     let k = src.len().min(cap.saturating_sub(n));
@@ -155,7 +156,7 @@ pub unsafe fn push_batch(stack: PercpuPtr<u64>, cap: usize, src: &[u64]) -> usiz
 ///
 /// # Safety
 /// As for [`push`].
-pub unsafe fn pop_batch(stack: PercpuPtr<u64>, dst: &mut [u64]) -> usize {
+pub unsafe fn pop_batch(stack: &PercpuArray<u64>, dst: &mut [u64]) -> usize {
     let mut s = locked_current(stack);
     let n = s.count();
     let k = dst.len().min(n);
@@ -165,14 +166,29 @@ pub unsafe fn pop_batch(stack: PercpuPtr<u64>, dst: &mut [u64]) -> usize {
     k
 }
 
-/// Drains a given CPU's fallback stack into `out` (for reclaiming a CPU's cache).
+/// Whether the current CPU's fallback stack holds anything (a lock-free peek, so that an
+/// empty rseq stack only takes the lock when there is something to find).
 ///
 /// # Safety
-/// As for [`push`]; `cpu` is below the number of possible CPUs.
-pub unsafe fn drain(stack: PercpuPtr<u64>, cpu: usize, out: &mut Vec<u64>) {
-    let mut s = Locked::lock(stack.at(cpu).cast());
+/// As for [`push`].
+pub unsafe fn has_entries(stack: &PercpuArray<u64>) -> bool {
+    // SAFETY: the count is the second word of a live copy; others write it under the lock,
+    // so read it atomically.
+    unsafe { AtomicU64::from_ptr(stack.wrapped(current_index()).cast::<u8>().add(8).cast()) }.load(Ordering::Relaxed) != 0
+}
+
+/// Takes every value of index `cpu`'s fallback stack, passing each to `out`; returns how
+/// many. `out` runs under the stack's lock and must not use this stack.
+///
+/// # Safety
+/// As for [`push`]; `cpu < stack.ncpus()`.
+pub unsafe fn drain(stack: &PercpuArray<u64>, cpu: usize, mut out: impl FnMut(u64)) -> usize {
+    let mut s = Locked::lock(stack.ptr().at(cpu).cast());
     let n = s.count();
-    // SAFETY: count slots are initialised; we hold the lock.
-    out.extend_from_slice(unsafe { core::slice::from_raw_parts(s.slots(), n) });
+    for i in 0..n {
+        // SAFETY: `i < count <= cap`: an initialised slot; we hold the lock.
+        out(unsafe { *s.slots().add(i) });
+    }
     s.set_count(0);
+    n
 }

@@ -9,7 +9,8 @@
 //! - [`area`]: finding the calling thread's area, and the [`mode`] query.
 //! - [`ops`]: critical sections named by effect (`try_*` on a [`ThreadArea`]) and complete
 //!   operations with restarts and fallback ([`percpu_add`], [`percpu_load_compare_store`],
-//!   [`PercpuStack`]).
+//!   [`PercpuStack`], whose `drain` owns another CPU's copy behind a fence). Every operation
+//!   takes [`PercpuArray`]s, whose size the sections check.
 //! - [`fallback`]: the same operations with atomics on separate words.
 //! - [`topology`], [`pool`]: possible/online/allowed CPUs and the per-CPU strided pool.
 //! - [`membarrier`]: expedited barriers, including the one that restarts sections.
@@ -30,6 +31,37 @@ pub mod testing;
 pub mod topology;
 
 pub use area::{feature_size, force_fallback, mode, Mode, ThreadArea, RSEQ_SIG};
-pub use ops::{percpu_add, percpu_load_compare_store, percpu_sum, Index, Outcome, Path, PercpuStack};
-pub use percpu::PercpuPtr;
+pub use ops::{
+    percpu_add, percpu_load_compare_store, percpu_sum, DrainError, Index, Outcome, Path, PercpuStack, StackError,
+};
+pub use percpu::{PercpuArray, PercpuPtr};
 pub use stats::{stats, Stats};
+
+/// Does now what every copy of this crate would otherwise do lazily on first use: finds
+/// the rseq area (`dlsym`), the kernel's feature size, the number of possible CPUs, and the
+/// membarrier commands. Idempotent and cheap after the first call. A library calls it from
+/// its load-time constructor ([`init_at_load!`]), so that no first use — in a signal handler,
+/// in a forked child, inside an allocator — has to call into the dynamic linker or read
+/// sysfs. Everything it caches is a plain atomic that racing callers fill with the same
+/// value, so a fork or a signal at any point leaves nothing half-initialised.
+pub fn init() {
+    area::init();
+    let _ = topology::nr_possible_cpus();
+    let _ = membarrier::supported_commands();
+}
+
+/// Runs [`init`] when the library that expands it is loaded (an ELF `.init_array` entry).
+/// Expand it once, at the top level of a cdylib.
+#[macro_export]
+macro_rules! init_at_load {
+    () => {
+        #[used]
+        #[link_section = ".init_array"]
+        static RSEQ_INIT_AT_LOAD: extern "C" fn() = {
+            extern "C" fn rseq_init_at_load() {
+                $crate::init();
+            }
+            rseq_init_at_load
+        };
+    };
+}

@@ -2,12 +2,17 @@
 //! critical sections of other threads (`PRIVATE_EXPEDITED_RSEQ`).
 //!
 //! Every command is checked against the kernel's `MEMBARRIER_CMD_QUERY` mask (queried
-//! once and cached), so a command this kernel lacks gives
+//! once and cached in an atomic, not a once-cell: a child forked while another thread was
+//! querying must not wait for it), so a command this kernel lacks gives
 //! [`MembarrierError::Unsupported`] instead of a bare `EINVAL`.
+//!
+//! [`fence_rseq`] is the fence for touching another CPU's rseq-written data: it registers
+//! the process on first use (again in a forked child, whose new address space is not
+//! registered) and restarts the critical sections on one CPU or on all of them.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::fmt;
 use std::io;
-use std::sync::OnceLock;
 
 /// Returns the bit mask of supported commands.
 pub const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
@@ -76,18 +81,25 @@ fn raw_membarrier(cmd: libc::c_int, flags: libc::c_uint, cpu: libc::c_int) -> Re
     }
 }
 
-/// The query answer: the mask, or the errno of a failed query.
+const QUERY_OK: u64 = 1 << 32;
+const QUERY_FAILED: u64 = 2 << 32;
+
+/// The query answer: the mask, or the errno of a failed query. Cached as `QUERY_OK | mask`
+/// or `QUERY_FAILED | errno` (0 until known); racing callers store the same answer.
 fn query() -> Result<u32, i32> {
-    static MASK: OnceLock<Result<u32, i32>> = OnceLock::new();
-    *MASK.get_or_init(|| {
+    static ANSWER: AtomicU64 = AtomicU64::new(0);
+    let mut a = ANSWER.load(Ordering::Relaxed);
+    if a == 0 {
         // SAFETY: as in raw_membarrier; QUERY returns the mask or -1.
         let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) };
-        if r < 0 {
-            Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS))
-        } else {
-            Ok(r as u32)
-        }
-    })
+        a = if r < 0 { QUERY_FAILED | crate::sys::errno() as u32 as u64 } else { QUERY_OK | (r as u32 as u64) };
+        ANSWER.store(a, Ordering::Relaxed);
+    }
+    if a & QUERY_OK != 0 {
+        Ok(a as u32)
+    } else {
+        Err(a as u32 as i32)
+    }
 }
 
 /// The bit mask of commands this kernel supports (`MEMBARRIER_CMD_QUERY`), cached after
@@ -156,4 +168,28 @@ pub fn private_expedited_rseq(cpu: Option<u32>) -> Result<(), MembarrierError> {
         None => (0, 0),
     };
     issue(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, "PRIVATE_EXPEDITED_RSEQ", flags, cpu_arg)
+}
+
+/// Whether this process registered for `PRIVATE_EXPEDITED_RSEQ` (0 unknown, 1 yes). A forked
+/// child inherits 1 without the kernel's registration: [`fence_rseq`] notices the
+/// `NotRegistered` answer and registers again.
+static RSEQ_REGISTERED: AtomicU64 = AtomicU64::new(0);
+
+/// The remote-CPU fence: `membarrier(PRIVATE_EXPEDITED_RSEQ)` on `cpu` (or every CPU),
+/// registering the process first when needed. When it returns `Ok`, every critical section
+/// of this process that was running on the target CPUs has been restarted or has finished,
+/// and those CPUs executed a full memory barrier. `Unsupported` on kernels before 5.10;
+/// then nobody can own another CPU's rseq-written data.
+pub fn fence_rseq(cpu: Option<u32>) -> Result<(), MembarrierError> {
+    if RSEQ_REGISTERED.load(Ordering::Acquire) == 0 {
+        register_private_expedited_rseq()?;
+        RSEQ_REGISTERED.store(1, Ordering::Release);
+    }
+    match private_expedited_rseq(cpu) {
+        Err(MembarrierError::NotRegistered) => {
+            register_private_expedited_rseq()?;
+            private_expedited_rseq(cpu)
+        }
+        r => r,
+    }
 }

@@ -1,19 +1,28 @@
 //! Per-CPU operations named by their effect.
 //!
 //! Two layers:
-//! - `ThreadArea::try_*`: one critical section on the calling thread's area, reporting
-//!   [`Outcome::Committed`], [`Outcome::CompareFailed`] or [`Outcome::Aborted`] (aborts are
-//!   counted in [`crate::stats`]). `rseq_cs` is cleared on every exit.
-//! - `percpu_*`: the operation completed, restarting after aborts, and run on the fallback
-//!   path (atomics on a *separate* set of words, see [`crate::fallback`]) when the thread has
-//!   no usable area or keeps being restarted. The result says which [`Path`] it took.
+//! - `ThreadArea::try_*`: one critical section on the calling thread's area, reporting an
+//!   [`Outcome`] (aborts are counted in [`crate::stats`]). `rseq_cs` is cleared on every exit.
+//! - `percpu_*` and [`PercpuStack`]: the operation completed, restarting after aborts,
+//!   registering the area when a section finds it unregistered, and run on the fallback path
+//!   (atomics on a *separate* set of words, see [`crate::fallback`]) when the thread has no
+//!   usable area, the index has no copy, the copy is stopped, or the section keeps being
+//!   restarted. The result says which [`Path`] it took.
+//!
+//! Every operation takes its data as [`PercpuArray`]s, which carry the number of copies and
+//! the resolved index: the bound check inside each section makes "the index is in range" an
+//! invariant. What remains for the caller (the `unsafe` of these functions) is that the
+//! arrays' memory is alive and that rseq-written words are written only by critical
+//! sections — or, for a stack, by the thread that stopped its index ([`PercpuStack::drain`]).
 
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::{self, STATUS_ABORTED, STATUS_COMMITTED, STATUS_COMPARE_FAILED};
-use crate::area::{offsets, ThreadArea};
+use crate::arch::{self, STATUS_ABORTED, STATUS_COMMITTED, STATUS_COMPARE_FAILED, STATUS_UNUSABLE};
+use crate::area::ThreadArea;
 use crate::fallback;
-use crate::percpu::PercpuPtr;
+use crate::membarrier::{self, MembarrierError};
+use crate::percpu::PercpuArray;
+use crate::pool::PercpuPool;
 use crate::stats;
 
 /// Which field of the area indexes a per-CPU structure. A structure is always indexed the
@@ -65,6 +74,10 @@ pub enum Outcome {
     CompareFailed,
     /// The kernel restarted the section; nothing was committed.
     Aborted,
+    /// The index the section loaded is unusable: the thread's area is not registered (its
+    /// `cpu_id` is -1, -2 or a failure mark), the structure has no copy for it, or the copy
+    /// is stopped. Nothing was touched.
+    Unusable,
 }
 
 /// Which path a completed operation took.
@@ -72,7 +85,7 @@ pub enum Outcome {
 pub enum Path {
     /// A critical section on the thread's rseq area.
     Rseq,
-    /// Atomics on the fallback words.
+    /// Atomics (or a lock) on the fallback words.
     Fallback,
 }
 
@@ -90,32 +103,56 @@ fn outcome(status: u32) -> Outcome {
             Outcome::Aborted
         }
         STATUS_COMPARE_FAILED => Outcome::CompareFailed,
-        _ => unreachable!("critical sections report 0, 1 or 2"),
+        STATUS_UNUSABLE => Outcome::Unusable,
+        _ => unreachable!("critical sections report 0, 1, 2 or 3"),
     }
 }
 
-// Dispatches to the instance of an arch operation that reads the requested field.
-macro_rules! by_index {
-    ($index:expr, $op:ident ( $($arg:expr),* )) => {
+// Calls the instance of an arch operation that reads the array's index field.
+macro_rules! dispatch {
+    ($index:expr, $op:ident $(::<$extra:tt>)? ( $($arg:expr),* $(,)? )) => {
         match $index {
-            Index::CpuId => arch::$op::<{ offsets::CPU_ID }>($($arg),*),
-            Index::MmCid => arch::$op::<{ offsets::MM_CID }>($($arg),*),
+            Index::CpuId => arch::$op::<false $(, $extra)?>($($arg),*),
+            Index::MmCid => arch::$op::<true $(, $extra)?>($($arg),*),
         }
     };
 }
 
+// Every `try_*` below has the same contract (see the module): the arrays' memory is alive,
+// and their rseq-written words are written only by critical sections.
 impl ThreadArea {
     /// One critical section: `words[idx] += amount` (wrapping). Returns the outcome and the
-    /// index used.
+    /// index loaded.
     ///
     /// # Safety
-    /// `words.at(i)` is a valid `u64` for every index below the number of possible CPUs, and
-    /// is written only by critical sections (never by the fallback path). `index` was
-    /// [`Index::resolve`]d.
+    /// See above.
     #[inline(always)]
-    pub unsafe fn try_add(self, index: Index, words: PercpuPtr<u64>, amount: u64) -> (Outcome, u32) {
+    pub unsafe fn try_add(self, words: &PercpuArray<u64>, amount: u64) -> (Outcome, u32) {
+        // SAFETY: forwarded contract; the section checks the index against `ncpus`.
+        let (s, cpu) = unsafe {
+            dispatch!(words.index(), add(self.as_ptr(), words.ncpus(), words.base().cast(), words.stride(), amount))
+        };
+        (outcome(s), cpu)
+    }
+
+    /// The add as it was before the bound check existed, for the benchmark that measures the
+    /// check. Not for data: an unregistered area makes it write far past the array.
+    ///
+    /// # Safety
+    /// As for [`ThreadArea::try_add`], and the thread's area is registered with an index
+    /// below `words.ncpus()`.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn try_add_unchecked(self, words: &PercpuArray<u64>, amount: u64) -> (Outcome, u32) {
+        use crate::area::offsets::{CPU_ID, MM_CID};
+        let (base, stride) = (words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) = unsafe { by_index!(index, add(self.as_ptr(), words.base().cast(), words.stride(), amount)) };
+        let (s, cpu) = unsafe {
+            match words.index() {
+                Index::CpuId => arch::add_unchecked::<CPU_ID>(self.as_ptr(), base, stride, amount),
+                Index::MmCid => arch::add_unchecked::<MM_CID>(self.as_ptr(), base, stride, amount),
+            }
+        };
         (outcome(s), cpu)
     }
 
@@ -126,28 +163,25 @@ impl ThreadArea {
     /// `CompareFailed`.
     ///
     /// # Safety
-    /// As for [`ThreadArea::try_add`]; `check` is a valid, 8-byte aligned `u64` (written by
-    /// others only with atomic stores).
+    /// See above; `check` is a valid, 8-byte aligned `u64` (written by others only with
+    /// atomic stores).
     #[inline(always)]
     pub unsafe fn try_add_if_equal(
         self,
-        index: Index,
         check: *const u64,
         expect: u64,
-        words: PercpuPtr<u64>,
+        words: &PercpuArray<u64>,
         amount: u64,
     ) -> (Outcome, u32) {
+        let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) = unsafe {
-            by_index!(index, add_if_equal(self.as_ptr(), check, expect, words.base().cast(), words.stride(), amount))
-        };
+        let (s, cpu) = unsafe { dispatch!(words.index(), add_if_equal(area, n, check, expect, base, stride, amount)) };
         (outcome(s), cpu)
     }
 
     /// [`ThreadArea::try_add_if_equal`] that waits `spins` pause instructions between the
     /// check and the add, inside the section. For tests: it widens a two-instruction window
-    /// so that a writer on another CPU can change `*check` while the section is open, which
-    /// shows whether the writer's membarrier really restarts it.
+    /// so that a writer on another CPU can change `*check` while the section is open.
     ///
     /// # Safety
     /// As for [`ThreadArea::try_add_if_equal`].
@@ -155,148 +189,164 @@ impl ThreadArea {
     #[inline(always)]
     pub unsafe fn try_add_if_equal_delayed(
         self,
-        index: Index,
         check: *const u64,
         expect: u64,
-        words: PercpuPtr<u64>,
+        words: &PercpuArray<u64>,
         amount: u64,
         spins: u64,
     ) -> (Outcome, u32) {
+        let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) = unsafe {
-            by_index!(
-                index,
-                add_if_equal_delayed(self.as_ptr(), check, expect, words.base().cast(), words.stride(), amount, spins)
-            )
-        };
+        let (s, cpu) =
+            unsafe { dispatch!(words.index(), add_if_equal_delayed(area, n, check, expect, base, stride, amount, spins)) };
         (outcome(s), cpu)
     }
 
-    /// One critical section: if `words[idx] == expect`, store `new`.
+    /// One critical section: if `words[idx] == expect`, store `new` (a plain store: for
+    /// readers on the same CPU and remote readers that read only this word).
     ///
     /// # Safety
-    /// As for [`ThreadArea::try_add`].
+    /// See above.
     #[inline(always)]
-    pub unsafe fn try_load_compare_store(
+    pub unsafe fn try_load_compare_store(self, words: &PercpuArray<u64>, expect: u64, new: u64) -> (Outcome, u32) {
+        let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
+        // SAFETY: forwarded contract.
+        let (s, cpu) = unsafe { dispatch!(words.index(), load_compare_store::<false>(area, n, base, stride, expect, new)) };
+        (outcome(s), cpu)
+    }
+
+    /// [`ThreadArea::try_load_compare_store`] whose commit is a release store: a remote
+    /// reader that acquires the word also sees everything the thread wrote before (for
+    /// publishing a pointer to freshly written data).
+    ///
+    /// # Safety
+    /// See above.
+    #[inline(always)]
+    pub unsafe fn try_load_compare_store_release(
         self,
-        index: Index,
-        words: PercpuPtr<u64>,
+        words: &PercpuArray<u64>,
         expect: u64,
         new: u64,
     ) -> (Outcome, u32) {
+        let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) = unsafe {
-            by_index!(index, load_compare_store(self.as_ptr(), words.base().cast(), words.stride(), expect, new))
-        };
+        let (s, cpu) = unsafe { dispatch!(words.index(), load_compare_store::<true>(area, n, base, stride, expect, new)) };
         (outcome(s), cpu)
     }
 
-    /// One critical section: push `value` on this index's stack (`count: u64` then `cap`
-    /// slots). A full stack is `CompareFailed`.
+    /// One critical section: push `value` on this index's rseq stack. A full stack is
+    /// `CompareFailed`; a stopped index `Unusable`.
     ///
     /// # Safety
-    /// As for [`ThreadArea::try_add`], with a stack of `cap` slots in each copy.
+    /// See above.
     #[inline(always)]
-    pub unsafe fn try_push(self, index: Index, stack: PercpuPtr<u64>, cap: usize, value: u64) -> (Outcome, u32) {
-        // SAFETY: forwarded contract.
-        let (s, cpu) =
-            unsafe { by_index!(index, push(self.as_ptr(), stack.base().cast(), stack.stride(), cap as u64, value)) };
+    pub unsafe fn try_push(self, stack: &PercpuStack, value: u64) -> (Outcome, u32) {
+        let (area, (n, base, stopped, stride)) = (self.as_ptr(), stack.raw());
+        // SAFETY: forwarded contract; the stack's parts were checked when it was made.
+        let (s, cpu) = unsafe { dispatch!(stack.rseq.index(), push(area, n, base, stopped, stride, stack.cap as u64, value)) };
         (outcome(s), cpu)
     }
 
-    /// One critical section: pop the top of this index's stack. An empty stack is
+    /// One critical section: pop the top of this index's rseq stack. An empty stack is
     /// `CompareFailed`. Returns the outcome, the value (meaningful when committed) and the
     /// index.
     ///
     /// # Safety
-    /// As for [`ThreadArea::try_push`].
+    /// See above.
     #[inline(always)]
-    pub unsafe fn try_pop(self, index: Index, stack: PercpuPtr<u64>) -> (Outcome, u64, u32) {
-        // SAFETY: forwarded contract.
-        let (s, v, cpu) = unsafe { by_index!(index, pop(self.as_ptr(), stack.base().cast(), stack.stride())) };
+    pub unsafe fn try_pop(self, stack: &PercpuStack) -> (Outcome, u64, u32) {
+        let (area, (n, base, stopped, stride)) = (self.as_ptr(), stack.raw());
+        // SAFETY: as in `try_push`.
+        let (s, v, cpu) = unsafe { dispatch!(stack.rseq.index(), pop(area, n, base, stopped, stride)) };
         (outcome(s), v, cpu)
     }
 
-    /// One critical section: copy as many of `src` as fit onto this index's stack and
+    /// One critical section: copy as many of `src` as fit onto this index's rseq stack and
     /// commit them with one store. Returns the outcome and how many were taken from the
     /// front of `src`.
     ///
     /// # Safety
-    /// As for [`ThreadArea::try_push`].
+    /// See above.
     #[inline(always)]
-    pub unsafe fn try_push_batch(
-        self,
-        index: Index,
-        stack: PercpuPtr<u64>,
-        cap: usize,
-        src: &[u64],
-    ) -> (Outcome, usize) {
-        // SAFETY: forwarded contract; `src` is a valid slice.
-        let (s, k) = unsafe {
-            by_index!(
-                index,
-                push_batch(
-                    self.as_ptr(),
-                    stack.base().cast(),
-                    stack.stride(),
-                    cap as u64,
-                    src.as_ptr(),
-                    src.len() as u64
-                )
-            )
-        };
+    pub unsafe fn try_push_batch(self, stack: &PercpuStack, src: &[u64]) -> (Outcome, usize) {
+        let (area, (n, base, stopped, stride)) = (self.as_ptr(), stack.raw());
+        let (cap, len) = (stack.cap as u64, src.len() as u64);
+        // SAFETY: as in `try_push`; `src` is a valid slice.
+        let (s, k) =
+            unsafe { dispatch!(stack.rseq.index(), push_batch(area, n, base, stopped, stride, cap, src.as_ptr(), len)) };
         let o = outcome(s);
         (o, if o == Outcome::Committed { k as usize } else { 0 })
     }
 
     /// One critical section: move up to `dst.len()` values from the top of this index's
-    /// stack into `dst` (topmost last) with one commit store. Returns the outcome and how
-    /// many were moved.
+    /// rseq stack into `dst` (topmost last) with one commit store. Returns the outcome and
+    /// how many were moved.
     ///
     /// # Safety
-    /// As for [`ThreadArea::try_push`].
+    /// See above.
     #[inline(always)]
-    pub unsafe fn try_pop_batch(self, index: Index, stack: PercpuPtr<u64>, dst: &mut [u64]) -> (Outcome, usize) {
-        // SAFETY: forwarded contract; `dst` is a valid slice.
-        let (s, k) = unsafe {
-            by_index!(
-                index,
-                pop_batch(self.as_ptr(), stack.base().cast(), stack.stride(), dst.as_mut_ptr(), dst.len() as u64)
-            )
-        };
+    pub unsafe fn try_pop_batch(self, stack: &PercpuStack, dst: &mut [u64]) -> (Outcome, usize) {
+        let (area, (n, base, stopped, stride)) = (self.as_ptr(), stack.raw());
+        let (ptr, len) = (dst.as_mut_ptr(), dst.len() as u64);
+        // SAFETY: as in `try_push`; `dst` is a valid slice.
+        let (s, k) = unsafe { dispatch!(stack.rseq.index(), pop_batch(area, n, base, stopped, stride, ptr, len)) };
         let o = outcome(s);
         (o, if o == Outcome::Committed { k as usize } else { 0 })
     }
 }
 
-/// Runs `attempt` on the thread's area until it does not abort; `None` when the thread
-/// has no area or the section kept aborting (the caller then takes the fallback path).
+/// What one attempt of a complete operation came to.
+enum Step<R> {
+    Done(R),
+    Restart,
+    Unusable,
+}
+
+impl<R> Step<R> {
+    #[inline(always)]
+    fn of(o: Outcome, done: impl FnOnce(Outcome) -> R) -> Step<R> {
+        match o {
+            Outcome::Aborted => Step::Restart,
+            Outcome::Unusable => Step::Unusable,
+            o => Step::Done(done(o)),
+        }
+    }
+}
+
+/// Runs `attempt` on the thread's area until it is done. An unusable index gets one chance:
+/// the area is registered if nobody tried yet, and the section retried. `None` when the
+/// thread has no area, the index stays unusable, or the section kept aborting: the caller
+/// then takes the fallback path.
 #[inline(always)]
-fn with_restarts<R>(mut attempt: impl FnMut(ThreadArea) -> Option<R>) -> Option<R> {
+fn run<R>(mut attempt: impl FnMut(ThreadArea) -> Step<R>) -> Option<R> {
     let area = ThreadArea::current()?;
+    let mut tried_registering = false;
     for _ in 0..MAX_RESTARTS {
-        if let Some(r) = attempt(area) {
-            return Some(r);
+        match attempt(area) {
+            Step::Done(r) => return Some(r),
+            Step::Restart => {}
+            Step::Unusable => {
+                if tried_registering || !area.make_usable() {
+                    return None;
+                }
+                tried_registering = true;
+            }
         }
     }
     None
 }
 
 /// Adds `amount` (wrapping; a negative amount is `amount as u64`) to the calling CPU's copy:
-/// one critical section on `words`, or an atomic add on `fallback` when the thread has no
-/// area. A reader sums both sets over every possible CPU ([`percpu_sum`]).
+/// one critical section on `words`, or an atomic add on `fallback` when the thread cannot
+/// run one. A reader sums both arrays ([`percpu_sum`]).
 ///
 /// # Safety
-/// `words` and `fallback` are disjoint per-CPU `u64`s valid for every possible CPU index;
-/// `words` is only ever written by critical sections. `index` was resolved.
+/// Both arrays' memory is alive, they are disjoint, and `words` is only ever written by
+/// critical sections.
 #[inline(always)]
-pub unsafe fn percpu_add(index: Index, words: PercpuPtr<u64>, fallback: PercpuPtr<AtomicU64>, amount: u64) -> Path {
+pub unsafe fn percpu_add(words: &PercpuArray<u64>, fallback: &PercpuArray<AtomicU64>, amount: u64) -> Path {
     // SAFETY: forwarded contract.
-    let done = with_restarts(|area| match unsafe { area.try_add(index, words, amount) } {
-        (Outcome::Aborted, _) => None,
-        _ => Some(()),
-    });
-    if done.is_some() {
+    if run(|area| Step::of(unsafe { area.try_add(words, amount) }.0, |_| ())).is_some() {
         return Path::Rseq;
     }
     // SAFETY: forwarded contract.
@@ -304,48 +354,44 @@ pub unsafe fn percpu_add(index: Index, words: PercpuPtr<u64>, fallback: PercpuPt
     Path::Fallback
 }
 
-/// Sum of the copies `0..ncpus` of both word sets written by [`percpu_add`] (wrapping).
+/// Sum of every copy of both arrays written by [`percpu_add`] (wrapping).
 ///
 /// # Safety
-/// Both sets are valid for `ncpus` copies.
-pub unsafe fn percpu_sum(words: PercpuPtr<u64>, fallback: PercpuPtr<AtomicU64>, ncpus: usize) -> u64 {
+/// Both arrays' memory is alive.
+pub unsafe fn percpu_sum(words: &PercpuArray<u64>, fallback: &PercpuArray<AtomicU64>) -> u64 {
     let mut total = 0u64;
-    for cpu in 0..ncpus {
-        // SAFETY: valid per the contract; critical sections write these words with plain
+    for cpu in 0..words.ncpus() as usize {
+        // SAFETY: `cpu < ncpus`, memory alive; critical sections write these words with plain
         // stores, so read them with relaxed atomic loads (8-byte aligned, never torn).
-        let (r, f) = unsafe {
-            (
-                AtomicU64::from_ptr(words.at(cpu)).load(core::sync::atomic::Ordering::Relaxed),
-                (*fallback.at(cpu)).load(core::sync::atomic::Ordering::Relaxed),
-            )
-        };
-        total = total.wrapping_add(r).wrapping_add(f);
+        total = total.wrapping_add(unsafe { AtomicU64::from_ptr(words.ptr().at(cpu)) }.load(Ordering::Relaxed));
+    }
+    for cpu in 0..fallback.ncpus() as usize {
+        // SAFETY: as above.
+        total = total.wrapping_add(unsafe { (*fallback.ptr().at(cpu)).load(Ordering::Relaxed) });
     }
     total
 }
 
 /// If the calling CPU's copy equals `expect`, stores `new`: a critical section on `words`, or
-/// a compare-and-swap on `fallback` without an area. `Ok` on success, `Err` on a mismatch;
-/// both carry the index whose copy was examined and the path taken.
+/// a compare-and-swap on `fallback` when the thread cannot run one. `Ok` on success, `Err`
+/// on a mismatch; both carry the index whose copy was examined and the path taken.
 ///
-/// The two word sets are distinct objects: a structure that needs one shared word for
-/// both paths (a lock) must keep fallback users off it (see the design notes).
+/// The two arrays are distinct objects: a structure that needs one shared word for both
+/// paths (a lock) must keep fallback users off it (see the design notes).
 ///
 /// # Safety
 /// As for [`percpu_add`].
 #[inline(always)]
 pub unsafe fn percpu_load_compare_store(
-    index: Index,
-    words: PercpuPtr<u64>,
-    fallback: PercpuPtr<AtomicU64>,
+    words: &PercpuArray<u64>,
+    fallback: &PercpuArray<AtomicU64>,
     expect: u64,
     new: u64,
 ) -> Result<(u32, Path), (u32, Path)> {
     // SAFETY: forwarded contract.
-    let r = with_restarts(|area| match unsafe { area.try_load_compare_store(index, words, expect, new) } {
-        (Outcome::Committed, cpu) => Some(Ok((cpu, Path::Rseq))),
-        (Outcome::CompareFailed, cpu) => Some(Err((cpu, Path::Rseq))),
-        (Outcome::Aborted, _) => None,
+    let r = run(|area| {
+        let (o, cpu) = unsafe { area.try_load_compare_store(words, expect, new) };
+        Step::of(o, |o| if o == Outcome::Committed { Ok((cpu, Path::Rseq)) } else { Err((cpu, Path::Rseq)) })
     });
     if let Some(r) = r {
         return r;
@@ -357,66 +403,202 @@ pub unsafe fn percpu_load_compare_store(
     }
 }
 
-/// A per-CPU stack of `u64` values in two banks: `rseq` (layout `count, slots[cap]`) used by
-/// critical sections, and `fallback` (layout `lock, count, slots[cap]`, see
-/// [`crate::fallback`]) used under a lock by threads without an area.
+/// Why a [`PercpuStack`] could not be made from its parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackError {
+    /// The rseq bank and the stopped words have different strides (they share one offset
+    /// computation inside the section).
+    StrideMismatch,
+    /// The stopped words have fewer copies than the rseq bank.
+    TooFewStoppedWords,
+    /// A capacity of 0 slots.
+    ZeroCapacity,
+}
+
+/// Why [`PercpuStack::drain`] did not drain.
+#[derive(Debug)]
+pub enum DrainError {
+    /// No copy has this index.
+    OutOfRange,
+    /// Another thread is draining this index (its stopped word is set).
+    Busy,
+    /// The fence failed (`Unsupported` before Linux 5.10): the copy was left alone.
+    Fence(MembarrierError),
+}
+
+impl core::fmt::Display for DrainError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DrainError::OutOfRange => f.write_str("no per-CPU copy has this index"),
+            DrainError::Busy => f.write_str("another thread is draining this index"),
+            DrainError::Fence(e) => write!(f, "cannot fence the index's CPU: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DrainError {}
+
+/// A per-CPU stack of `u64` values. Each index has one logical stack in two halves: the
+/// rseq bank (layout `count, slots[cap]`), pushed and popped by critical sections, and the
+/// fallback bank (layout `lock, count, slots[cap]`, see [`crate::fallback`]), used under a
+/// lock by threads that cannot run a section (no area, a stopped index, too many restarts).
+/// A pop that finds the rseq bank empty looks at the fallback bank too, so nothing pushed
+/// on either half strands there.
+///
+/// A per-CPU "stopped" word (possibly shared by many stacks, e.g. every size class of an
+/// allocator's CPU cache) lets one thread own another index's rseq bank: see
+/// [`PercpuStack::drain`].
 #[derive(Clone, Copy, Debug)]
 pub struct PercpuStack {
-    /// Bank written by critical sections.
-    pub rseq: PercpuPtr<u64>,
-    /// Bank written under its per-CPU lock.
-    pub fallback: PercpuPtr<u64>,
-    /// Slots per CPU and bank.
-    pub cap: usize,
+    rseq: PercpuArray<u64>,
+    stopped: PercpuArray<AtomicU64>,
+    fallback: PercpuArray<u64>,
+    cap: usize,
 }
 
 impl PercpuStack {
-    /// Bytes one CPU's copy of the rseq bank needs for `cap` slots.
+    /// Bytes one copy of the rseq bank needs for `cap` slots.
     pub const fn rseq_bytes(cap: usize) -> usize {
         8 + 8 * cap
     }
 
-    /// Bytes one CPU's copy of the fallback bank needs for `cap` slots.
+    /// Bytes one copy of the fallback bank needs for `cap` slots.
     pub const fn fallback_bytes(cap: usize) -> usize {
         fallback::STACK_HEADER + 8 * cap
+    }
+
+    /// A stack from its parts. The index is the rseq bank's; `stopped` is used with it.
+    ///
+    /// # Safety
+    /// Every copy of `rseq` holds [`rseq_bytes`](Self::rseq_bytes)`(cap)` zeroed-or-valid
+    /// bytes, every copy of `fallback` [`fallback_bytes`](Self::fallback_bytes)`(cap)`, every
+    /// copy of `stopped` a `u64` that only [`drain`](Self::drain) sets; all of it alive while
+    /// the stack is used, and written by nothing else.
+    pub unsafe fn from_parts(
+        rseq: PercpuArray<u64>,
+        stopped: PercpuArray<AtomicU64>,
+        fallback: PercpuArray<u64>,
+        cap: usize,
+    ) -> Result<PercpuStack, StackError> {
+        if rseq.stride() != stopped.stride() {
+            return Err(StackError::StrideMismatch);
+        }
+        if stopped.ncpus() < rseq.ncpus() {
+            return Err(StackError::TooFewStoppedWords);
+        }
+        if cap == 0 {
+            return Err(StackError::ZeroCapacity);
+        }
+        Ok(PercpuStack { rseq, stopped: stopped.with_index(rseq.index()), fallback, cap })
+    }
+
+    /// Per-CPU stopped words from `pool`, to share between stacks of the same pool.
+    pub fn alloc_stopped_words(pool: &PercpuPool, index: Index) -> Option<PercpuArray<AtomicU64>> {
+        // SAFETY: pool slots are zeroed, 8-byte aligned memory: a valid AtomicU64 each.
+        pool.alloc_array(8, 8, index).map(|a| unsafe { a.cast() })
+    }
+
+    /// A stack of `cap` slots per index in `pool`, with its own stopped words (`None` when
+    /// the pool is out of memory or one copy cannot hold `cap` slots). It is valid until its
+    /// slots are freed ([`free`](Self::free)) or the pool dropped.
+    pub fn alloc(pool: &PercpuPool, cap: usize, index: Index) -> Option<PercpuStack> {
+        let stopped = Self::alloc_stopped_words(pool, index)?;
+        let s = Self::alloc_sharing_stopped(pool, cap, stopped);
+        if s.is_none() {
+            // SAFETY: allocated just above, never shared.
+            unsafe { pool.free(stopped.ptr().cast(), 8) };
+        }
+        s
+    }
+
+    /// A stack of `cap` slots per index in `pool` that uses the given stopped words (from
+    /// [`alloc_stopped_words`](Self::alloc_stopped_words) of the same pool).
+    pub fn alloc_sharing_stopped(pool: &PercpuPool, cap: usize, stopped: PercpuArray<AtomicU64>) -> Option<PercpuStack> {
+        let rseq = pool.alloc_array(Self::rseq_bytes(cap), 8, stopped.index())?;
+        let Some(fb) = pool.alloc_array(Self::fallback_bytes(cap), 8, stopped.index()) else {
+            // SAFETY: allocated just above, never shared.
+            unsafe { pool.free(rseq.ptr(), Self::rseq_bytes(cap)) };
+            return None;
+        };
+        // SAFETY: fresh zeroed slots of the right sizes from one pool (same stride and
+        // number of copies); the stopped words come from the same pool.
+        unsafe { Self::from_parts(rseq.cast(), stopped, fb.cast(), cap) }.ok()
+    }
+
+    /// Returns the two banks to `pool` (not the stopped words, which may be shared).
+    ///
+    /// # Safety
+    /// The stack came from [`alloc`](Self::alloc) or
+    /// [`alloc_sharing_stopped`](Self::alloc_sharing_stopped) of `pool`, and nobody uses it
+    /// any more.
+    pub unsafe fn free(self, pool: &PercpuPool) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            pool.free(self.rseq.ptr().cast(), Self::rseq_bytes(self.cap));
+            pool.free(self.fallback.ptr().cast(), Self::fallback_bytes(self.cap));
+        }
+    }
+
+    /// Slots per index and bank.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// The (resolved) index of the stack.
+    pub fn index(&self) -> Index {
+        self.rseq.index()
+    }
+
+    /// Number of indexes (copies).
+    pub fn ncpus(&self) -> u32 {
+        self.rseq.ncpus()
+    }
+
+    /// The stack's stopped words.
+    pub fn stopped_words(&self) -> PercpuArray<AtomicU64> {
+        self.stopped
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> (u32, *mut u8, *const u8, usize) {
+        (self.rseq.ncpus(), self.rseq.base().cast(), self.stopped.base().cast(), self.rseq.stride())
     }
 
     /// Pushes `value` on the calling CPU's stack. `Err(value)` when that stack is full.
     ///
     /// # Safety
-    /// Both banks are valid for every possible CPU with `cap` slots; `index` was resolved.
+    /// The stack's memory is alive.
     #[inline(always)]
-    pub unsafe fn push(&self, index: Index, value: u64) -> Result<Path, u64> {
+    pub unsafe fn push(&self, value: u64) -> Result<Path, u64> {
         // SAFETY: forwarded contract.
-        let r = with_restarts(|area| match unsafe { area.try_push(index, self.rseq, self.cap, value) } {
-            (Outcome::Committed, _) => Some(Ok(Path::Rseq)),
-            (Outcome::CompareFailed, _) => Some(Err(value)),
-            (Outcome::Aborted, _) => None,
-        });
-        if let Some(r) = r {
-            return r;
+        let r = run(|area| Step::of(unsafe { area.try_push(self, value) }.0, |o| o == Outcome::Committed));
+        match r {
+            Some(true) => Ok(Path::Rseq),
+            Some(false) => Err(value),
+            // SAFETY: forwarded contract.
+            None => unsafe { fallback::push(&self.fallback, self.cap, value) }.map(|()| Path::Fallback),
         }
-        // SAFETY: forwarded contract.
-        unsafe { fallback::push(self.fallback, self.cap, value) }.map(|()| Path::Fallback)
     }
 
-    /// Pops from the calling CPU's stack; `None` when it is empty.
+    /// Pops from the calling CPU's stack (its rseq half, else its fallback half); `None` when
+    /// both are empty.
     ///
     /// # Safety
     /// As for [`PercpuStack::push`].
     #[inline(always)]
-    pub unsafe fn pop(&self, index: Index) -> Option<(u64, Path)> {
+    pub unsafe fn pop(&self) -> Option<(u64, Path)> {
         // SAFETY: forwarded contract.
-        let r = with_restarts(|area| match unsafe { area.try_pop(index, self.rseq) } {
-            (Outcome::Committed, v, _) => Some(Some((v, Path::Rseq))),
-            (Outcome::CompareFailed, _, _) => Some(None),
-            (Outcome::Aborted, _, _) => None,
+        let r = run(|area| {
+            let (o, v, _) = unsafe { area.try_pop(self) };
+            Step::of(o, |o| (o == Outcome::Committed).then_some(v))
         });
-        if let Some(r) = r {
-            return r;
+        match r {
+            Some(Some(v)) => Some((v, Path::Rseq)),
+            // SAFETY: forwarded contract.
+            Some(None) if !unsafe { fallback::has_entries(&self.fallback) } => None,
+            // SAFETY: forwarded contract.
+            _ => unsafe { fallback::pop(&self.fallback) }.map(|v| (v, Path::Fallback)),
         }
-        // SAFETY: forwarded contract.
-        unsafe { fallback::pop(self.fallback) }.map(|v| (v, Path::Fallback))
     }
 
     /// Pushes as many of `src` as fit on the calling CPU's stack with one commit; returns
@@ -425,35 +607,101 @@ impl PercpuStack {
     /// # Safety
     /// As for [`PercpuStack::push`].
     #[inline(always)]
-    pub unsafe fn push_batch(&self, index: Index, src: &[u64]) -> (usize, Path) {
+    pub unsafe fn push_batch(&self, src: &[u64]) -> (usize, Path) {
         // SAFETY: forwarded contract.
-        let r = with_restarts(|area| match unsafe { area.try_push_batch(index, self.rseq, self.cap, src) } {
-            (Outcome::Aborted, _) => None,
-            (_, k) => Some(k),
+        let r = run(|area| {
+            let (o, k) = unsafe { area.try_push_batch(self, src) };
+            Step::of(o, |_| k)
         });
-        if let Some(k) = r {
-            return (k, Path::Rseq);
+        match r {
+            Some(k) => (k, Path::Rseq),
+            // SAFETY: forwarded contract.
+            None => (unsafe { fallback::push_batch(&self.fallback, self.cap, src) }, Path::Fallback),
         }
-        // SAFETY: forwarded contract.
-        (unsafe { fallback::push_batch(self.fallback, self.cap, src) }, Path::Fallback)
     }
 
     /// Moves up to `dst.len()` values from the calling CPU's stack into `dst` with one
-    /// commit; returns how many.
+    /// commit (from the fallback half when the rseq half is empty); returns how many.
     ///
     /// # Safety
     /// As for [`PercpuStack::push`].
     #[inline(always)]
-    pub unsafe fn pop_batch(&self, index: Index, dst: &mut [u64]) -> (usize, Path) {
+    pub unsafe fn pop_batch(&self, dst: &mut [u64]) -> (usize, Path) {
         // SAFETY: forwarded contract.
-        let r = with_restarts(|area| match unsafe { area.try_pop_batch(index, self.rseq, dst) } {
-            (Outcome::Aborted, _) => None,
-            (_, k) => Some(k),
+        let r = run(|area| {
+            let (o, k) = unsafe { area.try_pop_batch(self, dst) };
+            Step::of(o, |_| k)
         });
-        if let Some(k) = r {
-            return (k, Path::Rseq);
+        match r {
+            Some(k) if k > 0 => (k, Path::Rseq),
+            // SAFETY: forwarded contract.
+            Some(_) if !unsafe { fallback::has_entries(&self.fallback) } => (0, Path::Rseq),
+            // SAFETY: forwarded contract.
+            _ => (unsafe { fallback::pop_batch(&self.fallback, dst) }, Path::Fallback),
         }
-        // SAFETY: forwarded contract.
-        (unsafe { fallback::pop_batch(self.fallback, dst) }, Path::Fallback)
+    }
+
+    /// Takes every value of index `i` — both halves — passing each to `out`, while other
+    /// threads keep using the stack; returns how many. For reclaiming the cache of a CPU that
+    /// went offline or that the process may no longer run on.
+    ///
+    /// The protocol: set `i`'s stopped word (sections that see it take the fallback half);
+    /// `membarrier(PRIVATE_EXPEDITED_RSEQ)` on CPU `i` (on every CPU when the stack is
+    /// indexed by `mm_cid`, which any CPU may run), after which no section that started
+    /// before the stop can still commit and that CPU's stores are visible here; take the
+    /// rseq half with plain loads and stores; clear the stopped word (a release: sections
+    /// that see it clear see the emptied copy); drain the fallback half under its lock.
+    /// `out` must not use this stack.
+    ///
+    /// # Safety
+    /// As for [`PercpuStack::push`].
+    pub unsafe fn drain(&self, i: u32, mut out: impl FnMut(u64)) -> Result<usize, DrainError> {
+        let stopped_word = self.stopped.get(i as usize).filter(|_| i < self.rseq.ncpus()).ok_or(DrainError::OutOfRange)?;
+        // SAFETY: a live stopped word of the stack.
+        let stopped = unsafe { &*stopped_word };
+        stopped.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).map_err(|_| DrainError::Busy)?;
+        let target = match self.rseq.index() {
+            Index::CpuId => Some(i),
+            Index::MmCid => None,
+        };
+        if let Err(e) = membarrier::fence_rseq(target) {
+            stopped.store(0, Ordering::Release);
+            return Err(DrainError::Fence(e));
+        }
+        let copy = self.rseq.ptr().at(i as usize);
+        // SAFETY: the copy is ours until the stopped word is cleared (see above): no section
+        // writes it, so plain accesses are exclusive. `count <= cap` slots follow the count.
+        let n = unsafe {
+            let count = copy.read_volatile() as usize;
+            for k in 0..count.min(self.cap) {
+                out(copy.add(1 + k).read_volatile());
+            }
+            copy.write_volatile(0);
+            count.min(self.cap)
+        };
+        stopped.store(0, Ordering::Release);
+        let f = if (i as usize) < self.fallback.ncpus() as usize {
+            // SAFETY: forwarded contract; `i` is in range.
+            unsafe { fallback::drain(&self.fallback, i as usize, out) }
+        } else {
+            0
+        };
+        Ok(n + f)
+    }
+
+    /// Values held by index `i` (both halves) right now; `None` when out of range. For tests
+    /// and reports (racy while the stack is in use).
+    ///
+    /// # Safety
+    /// As for [`PercpuStack::push`].
+    pub unsafe fn len_at(&self, i: u32) -> Option<usize> {
+        let r = self.rseq.get(i as usize)?;
+        let f = self.fallback.get(i as usize)?;
+        // SAFETY: live copies; both counts are read atomically (others write them).
+        unsafe {
+            let rc = AtomicU64::from_ptr(r).load(Ordering::Relaxed);
+            let fc = AtomicU64::from_ptr(f.cast::<u8>().add(8).cast()).load(Ordering::Relaxed);
+            Some(rc as usize + fc as usize)
+        }
     }
 }

@@ -6,6 +6,13 @@
 //! Untouched pages cost no memory, so reserving room for every possible CPU is cheap
 //! and a CPU that comes online later needs nothing. Regions are unmapped only when the
 //! pool is dropped. A forked child inherits the pool as ordinary private memory.
+//!
+//! Strict overcommit: under `vm.overcommit_memory=2` the kernel ignores `MAP_NORESERVE` and
+//! charges the whole region (`ncpus * stride`, e.g. 256 MiB for 4096 possible CPUs and the
+//! default stride) against the commit limit when it is mapped. A region that does not fit
+//! fails to map: [`PercpuPool::with_cpus`] then returns the `ENOMEM` error and
+//! [`PercpuPool::alloc`] returns `None`, with the pool unchanged; nothing aborts. Such
+//! systems want a smaller stride, which makes each region smaller.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,7 +20,8 @@ use std::io;
 use std::ptr::{self, NonNull};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::percpu::PercpuPtr;
+use crate::percpu::{PercpuArray, PercpuPtr};
+use crate::Index;
 use crate::topology::nr_possible_cpus;
 
 /// Default distance between two CPUs' copies: 64 KiB (a multiple of every page size).
@@ -215,6 +223,15 @@ impl PercpuPool {
         };
         inner.live.insert(slot.as_ptr() as usize, class);
         Some(PercpuPtr::new(slot.as_ptr(), self.stride))
+    }
+
+    /// [`alloc`](Self::alloc) as a [`PercpuArray`] of this pool's [`ncpus`](Self::ncpus)
+    /// copies, indexed by `index` (resolved). The array stays valid until the slot is freed
+    /// or the pool dropped.
+    pub fn alloc_array(&self, size: usize, align: usize, index: Index) -> Option<PercpuArray<u8>> {
+        let p = self.alloc(size, align)?;
+        // SAFETY: the slot has a copy of at least `size` bytes for each of the `ncpus` indexes.
+        Some(unsafe { PercpuArray::from_raw(p, self.ncpus, index) })
     }
 
     /// Takes `class` bytes from the current region, mapping a new one when it is full.

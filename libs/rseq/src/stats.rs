@@ -1,8 +1,7 @@
 //! Counts that make a silent fall-back to the slow path visible: aborts, fallback
-//! operations and registration outcomes, per copy of the crate (process-wide) and per
-//! thread.
+//! operations and registration outcomes, per copy of the crate (process-wide). No
+//! per-thread counts: those would need thread-local storage on the operation paths.
 
-use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const SHARDS: usize = 8;
@@ -19,11 +18,6 @@ static REGISTERED_BY_US: AtomicU64 = AtomicU64::new(0);
 static REGISTERED_BY_PEER: AtomicU64 = AtomicU64::new(0);
 static REGISTRATION_FAILURES: AtomicU64 = AtomicU64::new(0);
 
-thread_local! {
-    static THREAD_ABORTS: Cell<u64> = const { Cell::new(0) };
-    static THREAD_FALLBACK_OPS: Cell<u64> = const { Cell::new(0) };
-}
-
 /// Process-wide counts for this copy of the crate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -33,9 +27,11 @@ pub struct Stats {
     pub fallback_ops: u64,
     /// Threads for which this copy registered libc's reserved area.
     pub registered_by_us: u64,
-    /// Threads for which a peer had registered it first (`EBUSY`).
+    /// Registrations that found the area already registered (`EBUSY`; rare, since a
+    /// registered area is recognised without asking the kernel).
     pub registered_by_peer: u64,
-    /// Threads whose registration failed (they use the fallback path).
+    /// Threads whose registration failed (they use the fallback path; each thread tries
+    /// once per copy at most, and not at all when a peer's attempt already failed).
     pub registration_failures: u64,
 }
 
@@ -51,19 +47,24 @@ fn sum(shards: &[Shard; SHARDS]) -> u64 {
 #[cold]
 pub(crate) fn note_abort() {
     ABORTS[shard()].0.fetch_add(1, Ordering::Relaxed);
-    THREAD_ABORTS.with(|c| c.set(c.get() + 1));
 }
 
 pub(crate) fn note_fallback() {
     FALLBACK_OPS[shard()].0.fetch_add(1, Ordering::Relaxed);
-    THREAD_FALLBACK_OPS.with(|c| c.set(c.get() + 1));
 }
 
-pub(crate) fn note_registration(ours: bool, peer: bool, failed: bool) {
-    let counter = match (ours, peer, failed) {
-        (true, _, _) => &REGISTERED_BY_US,
-        (_, true, _) => &REGISTERED_BY_PEER,
-        _ => &REGISTRATION_FAILURES,
+/// Outcome of one registration attempt.
+pub(crate) enum Registered {
+    ByUs,
+    ByPeer,
+    Failed,
+}
+
+pub(crate) fn note_registration(outcome: Registered) {
+    let counter = match outcome {
+        Registered::ByUs => &REGISTERED_BY_US,
+        Registered::ByPeer => &REGISTERED_BY_PEER,
+        Registered::Failed => &REGISTRATION_FAILURES,
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -79,12 +80,8 @@ pub fn stats() -> Stats {
     }
 }
 
-/// Critical sections of the calling thread that the kernel restarted.
-pub fn thread_aborts() -> u64 {
-    THREAD_ABORTS.with(|c| c.get())
-}
-
-/// Operations of the calling thread that ran on the fallback path.
-pub fn thread_fallback_ops() -> u64 {
-    THREAD_FALLBACK_OPS.with(|c| c.get())
+/// Counts one operation that a library ran on a fallback path of its own (outside
+/// [`crate::fallback`]), so that [`stats`] shows it.
+pub fn note_fallback_op() {
+    note_fallback();
 }

@@ -3,11 +3,17 @@
 //! Per-CPU arrays are sized by *possible* CPUs ([`nr_possible_cpus`]), never online ones:
 //! both `cpu_id` and `mm_cid` stay below that bound, and a CPU that comes online later
 //! needs no event.
+//!
+//! [`nr_possible_cpus`] and [`for_each_cpu`] neither allocate nor lock (an allocator calls
+//! them while it bootstraps, a forked child or a signal handler may call them); cached
+//! values are plain atomics that racing callers fill with the same value, never once-cells
+//! (a fork while another thread is inside a once-cell's initialiser leaves the child's cell
+//! "running" forever).
 
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::fmt;
 use std::io;
 use std::mem::size_of;
-use std::sync::OnceLock;
 
 /// Largest CPU id a range list may name (a sanity bound far above any real kernel).
 pub const MAX_CPU_ID: u32 = 1 << 20;
@@ -64,15 +70,65 @@ impl fmt::Display for CpuListError {
 
 impl std::error::Error for CpuListError {}
 
-fn parse_cpu_number(s: &str, token: &str) -> Result<u32, CpuListError> {
+fn parse_cpu_number(s: &str) -> Result<u32, CpuListErrorKind> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CpuListError::new(token, CpuListErrorKind::NotANumber));
+        return Err(CpuListErrorKind::NotANumber);
     }
     // All digits: the only possible parse failure is overflow.
     match s.parse::<u32>() {
         Ok(n) if n <= MAX_CPU_ID => Ok(n),
-        _ => Err(CpuListError::new(token, CpuListErrorKind::TooLarge)),
+        _ => Err(CpuListErrorKind::TooLarge),
     }
+}
+
+/// Calls `f(lo, hi)` for every range of a kernel CPU range list (`0-3,8-11` gives (0, 3)
+/// and (8, 11); a single CPU `n` gives (n, n)), in the order written, after checking the
+/// whole list. Surrounding whitespace is ignored. Allocation-free.
+pub fn for_each_cpu_range(s: &str, mut f: impl FnMut(u32, u32)) -> Result<(), CpuListError> {
+    visit_ranges(s, &mut |lo, hi| f(lo, hi)).map_err(|(kind, token)| CpuListError::new(token, kind))
+}
+
+/// Calls `f` with every CPU id of a range list, ascending within each range. Allocation-free
+/// (see [`for_each_cpu_range`]).
+pub fn for_each_cpu(s: &str, mut f: impl FnMut(u32)) -> Result<(), CpuListError> {
+    for_each_cpu_range(s, |lo, hi| (lo..=hi).for_each(&mut f))
+}
+
+/// The parser: validates the whole list first, then visits its ranges; errors carry the
+/// offending token without allocating.
+fn visit_ranges<'a>(s: &'a str, f: &mut dyn FnMut(u32, u32)) -> Result<(), (CpuListErrorKind, &'a str)> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(());
+    }
+    let token_range = |token: &'a str| -> Result<(u32, u32), (CpuListErrorKind, &'a str)> {
+        if token.is_empty() {
+            return Err((CpuListErrorKind::EmptyToken, s));
+        }
+        if token.contains(':') {
+            return Err((CpuListErrorKind::Stride, token));
+        }
+        let number = |n: &str| parse_cpu_number(n).map_err(|kind| (kind, token));
+        let (lo, hi) = match token.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => {
+                let n = number(token)?;
+                (n, n)
+            }
+        };
+        if hi < lo {
+            return Err((CpuListErrorKind::Reversed, token));
+        }
+        Ok((lo, hi))
+    };
+    for token in s.split(',') {
+        token_range(token)?;
+    }
+    for token in s.split(',') {
+        let (lo, hi) = token_range(token)?;
+        f(lo, hi);
+    }
+    Ok(())
 }
 
 /// Parses a kernel CPU range list such as `0-3,8-11` (as found in
@@ -81,30 +137,8 @@ fn parse_cpu_number(s: &str, token: &str) -> Result<u32, CpuListError> {
 /// ascending without duplicates. Reversed ranges, empty entries, stride ranges
 /// (`0-7:2`), non-numbers and ids above [`MAX_CPU_ID`] are rejected.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, CpuListError> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut ranges: Vec<(u32, u32)> = Vec::new();
-    for token in s.split(',') {
-        if token.is_empty() {
-            return Err(CpuListError::new(s, CpuListErrorKind::EmptyToken));
-        }
-        if token.contains(':') {
-            return Err(CpuListError::new(token, CpuListErrorKind::Stride));
-        }
-        let (lo, hi) = match token.split_once('-') {
-            Some((a, b)) => (parse_cpu_number(a, token)?, parse_cpu_number(b, token)?),
-            None => {
-                let n = parse_cpu_number(token, token)?;
-                (n, n)
-            }
-        };
-        if hi < lo {
-            return Err(CpuListError::new(token, CpuListErrorKind::Reversed));
-        }
-        ranges.push((lo, hi));
-    }
+    for_each_cpu_range(s, |lo, hi| ranges.push((lo, hi)))?;
     // Merge before expanding, so repeated large ranges cost nothing extra.
     ranges.sort_unstable();
     let mut cpus = Vec::new();
@@ -151,28 +185,93 @@ fn read_cpu_list(path: &str) -> io::Result<Vec<u32>> {
     parse_cpu_list(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {e}")))
 }
 
-fn configured_cpus() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-    usize::try_from(n).unwrap_or(0).clamp(1, MAX_CPU_ID as usize + 1)
+/// Reads a small sysfs file into `buf` without allocating; returns the text.
+fn read_small_file<'a>(path: &core::ffi::CStr, buf: &'a mut [u8]) -> Option<&'a str> {
+    // SAFETY: open/read/close on a NUL-terminated path into a buffer we own, with its length.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let mut len = 0usize;
+        while len < buf.len() {
+            let r = libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len);
+            if r > 0 {
+                len += r as usize;
+            } else if r == 0 || crate::sys::errno() != libc::EINTR {
+                break;
+            }
+        }
+        libc::close(fd);
+        // A list that fills the buffer may be cut: not trusted.
+        (len < buf.len()).then(|| core::str::from_utf8(&buf[..len]).ok()).flatten()
+    }
 }
 
-/// The possible CPUs, from `/sys/devices/system/cpu/possible`, read once and cached.
-/// When that file cannot be read or parsed: `0..sysconf(_SC_NPROCESSORS_CONF)`.
-/// Never empty.
-pub fn possible_cpus() -> &'static [u32] {
-    static POSSIBLE: OnceLock<Vec<u32>> = OnceLock::new();
-    POSSIBLE.get_or_init(|| match read_cpu_list(POSSIBLE_PATH) {
-        Ok(cpus) if !cpus.is_empty() => cpus,
-        _ => (0..configured_cpus() as u32).collect(),
-    })
+/// Highest CPU id + 1 of the possible list; `None` when it cannot be read or parsed.
+fn possible_from_sysfs() -> Option<usize> {
+    let mut buf = [0u8; 4096];
+    let text = read_small_file(c"/sys/devices/system/cpu/possible", &mut buf)?;
+    let mut max = None;
+    for_each_cpu_range(text, |_, hi| max = max.max(Some(hi))).ok()?;
+    max.map(|m| m as usize + 1)
+}
+
+/// Highest CPU id + 1 the calling thread may run on, from a mask on the stack (up to 8192
+/// CPUs); 1 when even that fails.
+fn possible_from_affinity() -> usize {
+    let mut mask = [0 as MaskWord; 8192 / WORD_BITS];
+    // SAFETY: `mask` is writable for the size passed.
+    let r = unsafe { libc::sched_getaffinity(0, size_of::<[MaskWord; 8192 / WORD_BITS]>(), mask.as_mut_ptr().cast()) };
+    if r != 0 {
+        return 1;
+    }
+    mask.iter().enumerate().rev().find(|(_, &w)| w != 0).map_or(1, |(i, &w)| i * WORD_BITS + (WORD_BITS - w.leading_zeros() as usize))
 }
 
 /// The largest possible CPU id plus one: the size of every per-CPU array (`cpu_id` and
-/// `mm_cid` are both below it). Cached.
+/// `mm_cid` are both below it), from `/sys/devices/system/cpu/possible`. When that file
+/// cannot be read or parsed: the highest CPU the thread may run on plus one (a CPU above
+/// that, should one ever run a thread, finds no copy: the bound check inside every critical
+/// section sends it to the fallback path). Cached in an atomic; allocation-free.
 pub fn nr_possible_cpus() -> usize {
-    static NR: OnceLock<usize> = OnceLock::new();
-    *NR.get_or_init(|| possible_cpus().last().map_or(1, |&max| max as usize + 1))
+    static NR: AtomicUsize = AtomicUsize::new(0);
+    let n = NR.load(Ordering::Relaxed);
+    if n != 0 {
+        return n;
+    }
+    let n = possible_from_sysfs().unwrap_or_else(possible_from_affinity).clamp(1, MAX_CPU_ID as usize + 1);
+    NR.store(n, Ordering::Relaxed);
+    n
+}
+
+/// The possible CPUs, from `/sys/devices/system/cpu/possible` (when unreadable: `0..`
+/// [`nr_possible_cpus`]). Never empty. Allocates the list on first use (racing first
+/// callers each build it; one is kept), so it is for reports and set-up, not for paths a
+/// signal handler or an allocator can reach.
+pub fn possible_cpus() -> &'static [u32] {
+    static LIST: AtomicPtr<Vec<u32>> = AtomicPtr::new(core::ptr::null_mut());
+    let p = LIST.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: a published list is a leaked Box that is never freed or changed.
+        return unsafe { &*p };
+    }
+    let cpus = match read_cpu_list(POSSIBLE_PATH) {
+        Ok(cpus) if !cpus.is_empty() && cpus.last().map(|&m| m as usize + 1) == Some(nr_possible_cpus()) => cpus,
+        _ => (0..nr_possible_cpus() as u32).collect(),
+    };
+    let mine = Box::into_raw(Box::new(cpus));
+    match LIST.compare_exchange(core::ptr::null_mut(), mine, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: just published, never freed.
+        Ok(_) => unsafe { &*mine },
+        Err(theirs) => {
+            // SAFETY: `mine` was never shared; `theirs` is a published list.
+            unsafe {
+                drop(Box::from_raw(mine));
+                &*theirs
+            }
+        }
+    }
 }
 
 /// The CPUs online now, from `/sys/devices/system/cpu/online` (read on every call:

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{for_a_while, serial, storm, HANDLED};
 use rseq::pool::PercpuPool;
-use rseq::{percpu_add, percpu_load_compare_store, percpu_sum, Index, Path, PercpuPtr, PercpuStack};
+use rseq::{percpu_add, percpu_load_compare_store, percpu_sum, Index, Path, PercpuArray, PercpuStack};
 
 const THREADS: usize = 8;
 const STORM: Duration = Duration::from_micros(200);
@@ -20,26 +20,31 @@ fn pool() -> &'static PercpuPool {
     POOL.get_or_init(|| PercpuPool::new(rseq::pool::DEFAULT_STRIDE).expect("pool"))
 }
 
+/// Zeroed 8-byte per-CPU words from the pool.
+fn words<T>(index: Index) -> PercpuArray<T> {
+    // SAFETY: zeroed, 8-byte aligned pool copies are valid u64 / AtomicU64 values.
+    unsafe { pool().alloc_array(8, 8, index).unwrap().cast() }
+}
+
 /// A per-CPU counter: rseq words and fallback words.
 #[derive(Clone, Copy)]
 struct Counter {
-    words: PercpuPtr<u64>,
-    fallback: PercpuPtr<AtomicU64>,
+    words: PercpuArray<u64>,
+    fallback: PercpuArray<AtomicU64>,
 }
 
-fn counter() -> Counter {
-    let p = pool();
-    Counter { words: p.alloc(8, 8).unwrap().cast(), fallback: p.alloc(8, 8).unwrap().cast() }
+fn counter(index: Index) -> Counter {
+    Counter { words: words(index), fallback: words(Index::CpuId) }
 }
 
 impl Counter {
-    fn add(self, index: Index, n: u64) -> Path {
-        // SAFETY: both word sets come from the pool, sized for every possible CPU.
-        unsafe { percpu_add(index, self.words, self.fallback, n) }
+    fn add(self, n: u64) -> Path {
+        // SAFETY: both arrays are live pool slots; the words are written only by sections.
+        unsafe { percpu_add(&self.words, &self.fallback, n) }
     }
     fn sum(self) -> u64 {
         // SAFETY: as above.
-        unsafe { percpu_sum(self.words, self.fallback, pool().ncpus()) }
+        unsafe { percpu_sum(&self.words, &self.fallback) }
     }
 }
 
@@ -49,19 +54,19 @@ fn add_in_handler() {
     // The counter is published before the storm starts (plain atomics: async-signal-safe).
     let words = SIGNAL_TARGET.load(Ordering::Acquire);
     if words != 0 {
-        // SAFETY: a leaked `(Counter, Index)` published by `add_exact`.
-        let c = unsafe { &*(words as *const (Counter, Index)) };
-        c.0.add(c.1, 1);
+        // SAFETY: a leaked `Counter` published by `add_exact`.
+        let c = unsafe { &*(words as *const Counter) };
+        c.add(1);
     }
 }
 
 fn add_exact(index: Index, forced_fallback: bool) {
     let _serial = serial();
     let index = index.resolve();
-    let c = counter();
+    let c = counter(index);
     let expect = Arc::new(AtomicU64::new(0));
     let expect2 = expect.clone();
-    let published = Box::leak(Box::new((c, index)));
+    let published = Box::leak(Box::new(c));
     SIGNAL_TARGET.store(published as *const _ as u64, Ordering::Release);
     let report = storm(THREADS, STORM, Some(add_in_handler), move |i| {
         if forced_fallback && i == 0 {
@@ -71,7 +76,7 @@ fn add_exact(index: Index, forced_fallback: bool) {
         for_a_while(|k| {
             // Mixed signs: the sum must still be exact.
             let n = if k % 3 == 2 { (-2i64) as u64 } else { 3 };
-            c.add(index, n);
+            c.add(n);
             mine = mine.wrapping_add(n);
         });
         expect2.fetch_add(mine, Ordering::Relaxed);
@@ -120,16 +125,16 @@ fn lock_exact(index: Index) {
     let _serial = serial();
     let index = index.resolve();
     let p = pool();
-    let locks: PercpuPtr<u64> = p.alloc(8, 8).unwrap().cast();
-    let fallback_locks: PercpuPtr<AtomicU64> = p.alloc(8, 8).unwrap().cast();
-    let data: PercpuPtr<u64> = p.alloc(8, 8).unwrap().cast();
+    let locks: PercpuArray<u64> = words(index);
+    let fallback_locks: PercpuArray<AtomicU64> = words(Index::CpuId);
+    let data: PercpuArray<u64> = words(index);
     let ops = Arc::new(AtomicU64::new(0));
     let ops2 = ops.clone();
     let report = storm(THREADS, STORM, None, move |_| {
         let n = for_a_while(|_| {
             let cpu = loop {
                 // SAFETY: pool memory for every possible CPU; the fallback set is distinct.
-                match unsafe { percpu_load_compare_store(index, locks, fallback_locks, 0, 1) } {
+                match unsafe { percpu_load_compare_store(&locks, &fallback_locks, 0, 1) } {
                     Ok((cpu, Path::Rseq)) => break cpu as usize,
                     Ok((_, Path::Fallback)) => panic!("fallback path taken with an rseq area"),
                     Err(_) => std::thread::yield_now(),
@@ -137,18 +142,18 @@ fn lock_exact(index: Index) {
             };
             // SAFETY: we own lock[cpu], which guards data[cpu].
             unsafe {
-                let d = data.at(cpu);
+                let d = data.ptr().at(cpu);
                 d.write_volatile(d.read_volatile() + 1);
-                AtomicU64::from_ptr(locks.at(cpu)).store(0, Ordering::Release);
+                AtomicU64::from_ptr(locks.ptr().at(cpu)).store(0, Ordering::Release);
             }
         });
         ops2.fetch_add(n, Ordering::Relaxed);
     });
-    let total: u64 = (0..p.ncpus()).map(|c| unsafe { data.at(c).read_volatile() }).sum();
+    let total: u64 = (0..p.ncpus()).map(|c| unsafe { data.ptr().at(c).read_volatile() }).sum();
     assert_eq!(total, ops.load(Ordering::Relaxed), "index {index:?}");
     assert!(report.aborts > 0, "no critical section was restarted ({} signals)", report.signals);
     for c in 0..p.ncpus() {
-        assert_eq!(unsafe { locks.at(c).read() }, 0, "lock {c} left held");
+        assert_eq!(unsafe { locks.ptr().at(c).read() }, 0, "lock {c} left held");
     }
 }
 
@@ -164,40 +169,31 @@ fn load_compare_store_lock_mm_cid_exact() {
 
 #[test]
 fn load_compare_store_fallback_is_a_cas() {
-    let p = pool();
-    let words: PercpuPtr<u64> = p.alloc(8, 8).unwrap().cast();
-    let fallback: PercpuPtr<AtomicU64> = p.alloc(8, 8).unwrap().cast();
+    // Counts a fallback operation: not while a storm measures them.
+    let _serial = serial();
+    let rseq_words: PercpuArray<u64> = words(Index::CpuId);
+    let fallback: PercpuArray<AtomicU64> = words(Index::CpuId);
     // SAFETY: pool memory for every possible CPU.
     unsafe {
-        let cpu = rseq::fallback::load_compare_store(fallback, 0, 7).expect("0 -> 7");
-        assert_eq!((*fallback.at(cpu as usize)).load(Ordering::Relaxed), 7);
-        assert_eq!(words.at(cpu as usize).read(), 0, "the rseq word was written");
+        let cpu = rseq::fallback::load_compare_store(&fallback, 0, 7).expect("0 -> 7");
+        assert_eq!((*fallback.ptr().at(cpu as usize)).load(Ordering::Relaxed), 7);
+        assert_eq!(rseq_words.ptr().at(cpu as usize).read(), 0, "the rseq word was written");
     }
 }
 
 const CAP: usize = 64;
 
-fn stack() -> PercpuStack {
-    let p = pool();
-    PercpuStack {
-        rseq: p.alloc(PercpuStack::rseq_bytes(CAP), 8).unwrap().cast(),
-        fallback: p.alloc(PercpuStack::fallback_bytes(CAP), 8).unwrap().cast(),
-        cap: CAP,
-    }
+fn stack(index: Index) -> PercpuStack {
+    PercpuStack::alloc(pool(), CAP, index).expect("stack")
 }
 
-/// Everything left on the stacks, read directly once all workers are done.
+/// Everything left on the stacks, taken by draining every index once all workers are done.
 fn stack_contents(s: &PercpuStack) -> Vec<u64> {
     let mut out = Vec::new();
-    for cpu in 0..pool().ncpus() {
-        // SAFETY: quiescent: nobody runs operations on these stacks any more.
-        unsafe {
-            let r = s.rseq.at(cpu);
-            let n = r.read() as usize;
-            assert!(n <= CAP, "cpu {cpu}: count {n} beyond capacity");
-            out.extend((0..n).map(|i| r.add(1 + i).read()));
-            rseq::fallback::drain(s.fallback, cpu, &mut out);
-        }
+    for cpu in 0..s.ncpus() {
+        // SAFETY: the stack is live pool memory.
+        let n = unsafe { s.drain(cpu, |v| out.push(v)) }.expect("drain");
+        assert!(n <= 2 * CAP, "cpu {cpu}: {n} values beyond capacity");
     }
     out
 }
@@ -205,7 +201,7 @@ fn stack_contents(s: &PercpuStack) -> Vec<u64> {
 fn stack_conserves_values(index: Index, forced_fallback: bool) {
     let _serial = serial();
     let index = index.resolve();
-    let s = stack();
+    let s = stack(index);
     let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let held2 = held.clone();
     let per_thread_values = 200u64;
@@ -225,13 +221,13 @@ fn stack_conserves_values(index: Index, forced_fallback: bool) {
                 match x % 4 {
                     0 => {
                         if let Some(v) = mine.pop() {
-                            if let Err(v) = s.push(index, v) {
+                            if let Err(v) = s.push(v) {
                                 mine.push(v);
                             }
                         }
                     }
                     1 => {
-                        if let Some((v, _)) = s.pop(index) {
+                        if let Some((v, _)) = s.pop() {
                             mine.push(v);
                         }
                     }
@@ -239,12 +235,12 @@ fn stack_conserves_values(index: Index, forced_fallback: bool) {
                         let n = (x >> 8) as usize % 16;
                         let n = n.min(mine.len());
                         let from = mine.len() - n;
-                        let (k, _) = s.push_batch(index, &mine[from..]);
+                        let (k, _) = s.push_batch(&mine[from..]);
                         mine.drain(from..from + k);
                     }
                     _ => {
                         let n = 1 + (x >> 8) as usize % 16;
-                        let (k, _) = s.pop_batch(index, &mut buf[..n]);
+                        let (k, _) = s.pop_batch(&mut buf[..n]);
                         mine.extend_from_slice(&buf[..k]);
                     }
                 }
@@ -293,22 +289,21 @@ fn stack_fallback_conserves_values() {
 #[test]
 fn stack_capacity_and_empty_are_reported() {
     let _serial = serial();
-    let s = stack();
+    let s = stack(Index::CpuId);
     // Pin to one CPU so every operation sees the same copy.
     let cpu = rseq::topology::allowed_cpus().unwrap()[0];
     std::thread::spawn(move || {
         rseq::topology::set_thread_affinity(&[cpu]).unwrap();
-        let index = Index::CpuId;
         unsafe {
-            assert!(s.pop(index).is_none());
+            assert!(s.pop().is_none());
             let mut buf = [0u64; 4];
-            assert_eq!(s.pop_batch(index, &mut buf).0, 0);
+            assert_eq!(s.pop_batch(&mut buf).0, 0);
             let vals: Vec<u64> = (1..=CAP as u64 + 10).collect();
-            assert_eq!(s.push_batch(index, &vals).0, CAP);
-            assert_eq!(s.push(index, 99), Err(99));
-            assert_eq!(s.push_batch(index, &vals).0, 0);
-            assert_eq!(s.pop(index).map(|p| p.0), Some(CAP as u64));
-            let (k, _) = s.pop_batch(index, &mut buf);
+            assert_eq!(s.push_batch(&vals).0, CAP);
+            assert_eq!(s.push(99), Err(99));
+            assert_eq!(s.push_batch(&vals).0, 0);
+            assert_eq!(s.pop().map(|p| p.0), Some(CAP as u64));
+            let (k, _) = s.pop_batch(&mut buf);
             assert_eq!((k, buf), (4, [CAP as u64 - 4, CAP as u64 - 3, CAP as u64 - 2, CAP as u64 - 1]));
         }
     })
@@ -319,14 +314,14 @@ fn stack_capacity_and_empty_are_reported() {
 #[test]
 fn rseq_cs_is_cleared_after_every_operation() {
     let _serial = serial();
-    let c = counter();
+    let c = counter(Index::CpuId);
     let area = rseq::ThreadArea::current().expect("this test runs with libc's rseq");
-    c.add(Index::CpuId, 1);
+    c.add(1);
     let rseq_cs = unsafe { std::ptr::addr_of!((*area.as_ptr()).rseq_cs).read_volatile() };
     assert_eq!(rseq_cs, 0);
-    let s = stack();
+    let s = stack(Index::CpuId);
     unsafe {
-        let _ = s.pop(Index::CpuId);
+        let _ = s.pop();
         assert_eq!(std::ptr::addr_of!((*area.as_ptr()).rseq_cs).read_volatile(), 0);
     }
 }
@@ -339,7 +334,7 @@ fn add_if_equal_stops_after_membarrier() {
     let _serial = serial();
     rseq::membarrier::register_private_expedited_rseq().expect("membarrier RSEQ registration");
     const DEAD: u64 = u64::MAX;
-    let c = counter();
+    let c = counter(Index::CpuId);
     let check: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -372,13 +367,14 @@ fn add_if_equal_stops_after_membarrier() {
             }
             loop {
                 // SAFETY: pool words for every possible CPU; `check` is a leaked atomic.
-                match unsafe { area.try_add_if_equal(Index::CpuId, check.as_ptr(), e, c.words, 1) } {
+                match unsafe { area.try_add_if_equal(check.as_ptr(), e, &c.words, 1) } {
                     (rseq::Outcome::Committed, _) => {
                         mine += 1;
                         break;
                     }
                     (rseq::Outcome::CompareFailed, _) => break,
                     (rseq::Outcome::Aborted, _) => continue,
+                    (rseq::Outcome::Unusable, _) => panic!("a registered area reported its index unusable"),
                 }
             }
         });
@@ -395,7 +391,7 @@ fn add_if_equal_stops_after_membarrier() {
 /// sections stay open for `spins` pause instructions between the check and the add. Returns
 /// the rounds in which an add still landed after the writer had moved on.
 fn late_add_rounds(barrier: bool, rounds: u32, spins: u64) -> u32 {
-    let c = counter();
+    let c = counter(Index::CpuId);
     let check: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The writer on the first allowed CPU, one adder on each other one: an adder is then
@@ -432,7 +428,7 @@ fn late_add_rounds(barrier: bool, rounds: u32, spins: u64) -> u32 {
                     loop {
                         // SAFETY: pool words for every possible CPU; `check` is a leaked atomic.
                         match unsafe {
-                            area.try_add_if_equal_delayed(Index::CpuId, check.as_ptr(), e, c.words, 1, spins)
+                            area.try_add_if_equal_delayed(check.as_ptr(), e, &c.words, 1, spins)
                         } {
                             (rseq::Outcome::Committed, _) => {
                                 committed += 1;
@@ -440,6 +436,7 @@ fn late_add_rounds(barrier: bool, rounds: u32, spins: u64) -> u32 {
                             }
                             (rseq::Outcome::CompareFailed, _) => break,
                             (rseq::Outcome::Aborted, _) => continue,
+                            (rseq::Outcome::Unusable, _) => panic!("a registered area reported its index unusable"),
                         }
                     }
                 }

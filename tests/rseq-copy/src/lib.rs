@@ -5,39 +5,52 @@
 //!
 //! Nothing here has a thread-local destructor, so the library really unloads on `dlclose`.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use rseq::pool::PercpuPool;
-use rseq::{Index, Mode, PercpuPtr};
+use rseq::{Index, Mode, PercpuArray};
 
 /// Two per-CPU counters, one indexed by `cpu_id` and one by `mm_cid`: a structure must
 /// always be indexed the same way (a thread indexing by CPU and another by concurrency id
 /// could both hold index 1 at once).
 struct Counter {
-    pool: PercpuPool,
-    words: [PercpuPtr<u64>; 2],
-    fallback: [PercpuPtr<AtomicU64>; 2],
+    _pool: PercpuPool,
+    words: [PercpuArray<u64>; 2],
+    fallback: [PercpuArray<AtomicU64>; 2],
 }
 
-static COUNTER: OnceLock<Counter> = OnceLock::new();
+/// Made when the library is loaded (no once-cell a forked child could find mid-way); the
+/// pool is leaked: its memory must outlive any thread still counting at unload.
+static COUNTER: AtomicPtr<Counter> = AtomicPtr::new(std::ptr::null_mut());
+
+rseq::init_at_load!();
+
+#[used]
+#[link_section = ".init_array"]
+static MAKE_COUNTER_AT_LOAD: extern "C" fn() = {
+    extern "C" fn make_counter() {
+        let pool = PercpuPool::new(4096).expect("per-CPU pool");
+        // SAFETY: zeroed 8-byte slots are valid u64 / AtomicU64 copies.
+        let slot = |index| pool.alloc_array(8, 8, index).expect("slot");
+        // SAFETY: as above.
+        let words = unsafe { [slot(Index::CpuId).cast(), slot(Index::MmCid).cast()] };
+        // SAFETY: as above.
+        let fallback = unsafe { [slot(Index::CpuId).cast(), slot(Index::CpuId).cast()] };
+        let c = Box::new(Counter { _pool: pool, words, fallback });
+        COUNTER.store(Box::into_raw(c), Ordering::Release);
+    }
+    make_counter
+};
 
 fn counter() -> &'static Counter {
-    COUNTER.get_or_init(|| {
-        let pool = PercpuPool::new(4096).expect("per-CPU pool");
-        let slot = || pool.alloc(8, 8).expect("slot");
-        let words = [slot().cast(), slot().cast()];
-        let fallback = [slot().cast(), slot().cast()];
-        Counter { pool, words, fallback }
-    })
+    // SAFETY: set at load, before any caller can reach this library, and never freed.
+    unsafe { &*COUNTER.load(Ordering::Acquire) }
 }
 
 /// Mode codes returned by [`rseqcopy_mode`].
 pub const MODE_LIBC_OWNED: i32 = 0;
-/// This copy registered libc's reserved area for the thread.
-pub const MODE_REGISTERED_BY_US: i32 = 1;
-/// A peer had registered it (`EBUSY`).
-pub const MODE_REGISTERED_BY_PEER: i32 = 2;
+/// libc only reserved the area; a library (this copy or a peer) registered it.
+pub const MODE_REGISTERED: i32 = 1;
 /// No area: fallback path.
 pub const MODE_UNAVAILABLE: i32 = 3;
 /// Fallback forced.
@@ -51,8 +64,7 @@ pub const MODE_DISABLED: i32 = 4;
 pub unsafe extern "C" fn rseqcopy_mode(errno: *mut i32) -> i32 {
     let (code, e) = match rseq::mode() {
         Mode::LibcOwned => (MODE_LIBC_OWNED, 0),
-        Mode::RegisteredByUs => (MODE_REGISTERED_BY_US, 0),
-        Mode::RegisteredByPeer => (MODE_REGISTERED_BY_PEER, 0),
+        Mode::Registered => (MODE_REGISTERED, 0),
         Mode::Unavailable { errno } => (MODE_UNAVAILABLE, errno),
         Mode::Disabled => (MODE_DISABLED, 0),
     };
@@ -68,9 +80,9 @@ pub unsafe extern "C" fn rseqcopy_mode(errno: *mut i32) -> i32 {
 #[no_mangle]
 pub extern "C" fn rseqcopy_add(n: u64, mm_cid: i32) -> i32 {
     let c = counter();
-    let (k, index) = if mm_cid != 0 { (1, Index::MmCid.resolve()) } else { (0, Index::CpuId) };
-    // SAFETY: both word sets are pool slots sized for every possible CPU.
-    match unsafe { rseq::percpu_add(index, c.words[k], c.fallback[k], n) } {
+    let k = usize::from(mm_cid != 0);
+    // SAFETY: both arrays are live pool slots; the words are written only by sections.
+    match unsafe { rseq::percpu_add(&c.words[k], &c.fallback[k], n) } {
         rseq::Path::Rseq => 0,
         rseq::Path::Fallback => 1,
     }
@@ -81,13 +93,19 @@ pub extern "C" fn rseqcopy_add(n: u64, mm_cid: i32) -> i32 {
 pub extern "C" fn rseqcopy_sum() -> u64 {
     let c = counter();
     // SAFETY: as in `rseqcopy_add`.
-    (0..2).map(|k| unsafe { rseq::percpu_sum(c.words[k], c.fallback[k], c.pool.ncpus()) }).sum()
+    (0..2).map(|k| unsafe { rseq::percpu_sum(&c.words[k], &c.fallback[k]) }).sum()
 }
 
 /// This copy's process-wide abort count.
 #[no_mangle]
 pub extern "C" fn rseqcopy_aborts() -> u64 {
     rseq::stats().aborts
+}
+
+/// This copy's process-wide count of threads it registered libc's reserved area for.
+#[no_mangle]
+pub extern "C" fn rseqcopy_registered_by_us() -> u64 {
+    rseq::stats().registered_by_us
 }
 
 /// This copy's process-wide count of fallback operations.
@@ -100,6 +118,23 @@ pub extern "C" fn rseqcopy_fallback_ops() -> u64 {
 #[no_mangle]
 pub extern "C" fn rseqcopy_feature_size() -> u32 {
     rseq::feature_size()
+}
+
+/// Unregisters the calling thread's area (`RSEQ_FLAG_UNREGISTER`), as a tracer or a foreign
+/// runtime could; returns 0 or the errno.
+#[no_mangle]
+pub extern "C" fn rseqcopy_unregister() -> i32 {
+    match rseq::ThreadArea::current() {
+        // SAFETY: the raw syscall with the thread's own area, length and signature.
+        Some(a) => unsafe {
+            if libc::syscall(libc::SYS_rseq, a.as_ptr(), 32u32, 1, rseq::RSEQ_SIG) == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            }
+        },
+        None => libc::ENOENT,
+    }
 }
 
 /// 1 when the calling thread's `rseq_cs` is clear (or it has no area), 0 otherwise.
