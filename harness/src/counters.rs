@@ -286,7 +286,10 @@ impl CountersAdapter {
         if r == OK {
             let text = String::from_utf8_lossy(&buf[..len.min(buf.len())]);
             for (n, _) in &self.shared {
-                if !text.contains(&format!("# TYPE {n} counter\n{n} ")) {
+                // A counter that received a negative add is exported as a gauge.
+                if !text.contains(&format!("# TYPE {n} counter\n{n} "))
+                    && !text.contains(&format!("# TYPE {n} gauge\n{n} "))
+                {
                     return Err(format!("prometheus text lacks counter {n}"));
                 }
             }
@@ -419,7 +422,9 @@ impl Participant for CountersAdapter {
         let m = unsafe { (self.api.mode)(&mut err) };
         match m {
             1 => ThreadMode::LibcOwned,
-            2 => ThreadMode::RegisteredByUs,
+            // PCOUNTERS_MODE_REGISTERED (2; named REGISTERED_BY_US before 0.2, when 3 meant
+            // "by a peer" and was reported as such).
+            2 => ThreadMode::Registered,
             3 => ThreadMode::RegisteredByPeer,
             4 => ThreadMode::Unavailable { errno: err },
             5 => ThreadMode::Disabled,

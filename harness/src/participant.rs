@@ -18,6 +18,9 @@ pub enum ThreadMode {
     RegisteredByUs,
     /// Another library had registered it (`EBUSY`).
     RegisteredByPeer,
+    /// libc only reserved the area and a library registered it (which one, the library does
+    /// not record: libpcounters 0.2 on).
+    Registered,
     /// No usable area; `errno` of the registration attempt, 0 when none was made.
     Unavailable {
         /// Error of the attempt.
@@ -36,6 +39,7 @@ impl ThreadMode {
             ThreadMode::LibcOwned => "libc-owned".into(),
             ThreadMode::RegisteredByUs => "registered-by-us".into(),
             ThreadMode::RegisteredByPeer => "registered-by-peer".into(),
+            ThreadMode::Registered => "registered".into(),
             ThreadMode::Unavailable { errno: 0 } => "unavailable".into(),
             ThreadMode::Unavailable { errno } => format!("unavailable({})", errno_name(errno)),
             ThreadMode::Disabled => "disabled".into(),
@@ -45,7 +49,10 @@ impl ThreadMode {
 
     /// Whether critical sections run in this mode.
     pub fn is_fast(self) -> bool {
-        matches!(self, ThreadMode::LibcOwned | ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer)
+        matches!(
+            self,
+            ThreadMode::LibcOwned | ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer | ThreadMode::Registered
+        )
     }
 
     /// Whether a library that reports this mode does what the requested registration mode
@@ -59,13 +66,14 @@ impl ThreadMode {
             RegMode::Libc => self == ThreadMode::LibcOwned,
             RegMode::Reserved => {
                 if lazy {
-                    matches!(self, ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer)
+                    matches!(self, ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer | ThreadMode::Registered)
                 } else {
                     // A library that only uses an area libc registered takes its fallback.
                     matches!(
                         self,
                         ThreadMode::RegisteredByUs
                             | ThreadMode::RegisteredByPeer
+                            | ThreadMode::Registered
                             | ThreadMode::Unavailable { errno: 0 }
                     )
                 }

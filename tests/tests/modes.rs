@@ -81,8 +81,7 @@ fn child_two_copies() {
 
     // The foundation linked into this test binary is a third copy with the same view.
     match (setup, rseq::mode()) {
-        (Setup::LibcOwned, rseq::Mode::LibcOwned)
-        | (Setup::Reserved, rseq::Mode::Registered) => {}
+        (Setup::LibcOwned, rseq::Mode::LibcOwned) | (Setup::Reserved, rseq::Mode::Registered) => {}
         (Setup::NoRseq, rseq::Mode::Unavailable { errno }) if errno == libc::ENOSYS => {}
         (s, m) => panic!("setup {s:?} but this copy reports {m:?}"),
     }

@@ -144,10 +144,7 @@ fn main() {
     let pool = Box::leak(Box::new(PercpuPool::new(rseq::pool::DEFAULT_STRIDE).expect("pool")));
     // SAFETY: zeroed 8-byte pool slots are valid u64 / AtomicU64 copies.
     let (words, fallback) = unsafe {
-        (
-            pool.alloc_array(8, 8, Index::CpuId).unwrap().cast(),
-            pool.alloc_array(8, 8, Index::CpuId).unwrap().cast(),
-        )
+        (pool.alloc_array(8, 8, Index::CpuId).unwrap().cast(), pool.alloc_array(8, 8, Index::CpuId).unwrap().cast())
     };
     let s = Arc::new(Shared { words, fallback, line: AtomicU64::new(0) });
     let sections = rseq::mode().is_fast();

@@ -174,7 +174,8 @@ pub unsafe fn pop_batch(stack: &PercpuArray<u64>, dst: &mut [u64]) -> usize {
 pub unsafe fn has_entries(stack: &PercpuArray<u64>) -> bool {
     // SAFETY: the count is the second word of a live copy; others write it under the lock,
     // so read it atomically.
-    unsafe { AtomicU64::from_ptr(stack.wrapped(current_index()).cast::<u8>().add(8).cast()) }.load(Ordering::Relaxed) != 0
+    unsafe { AtomicU64::from_ptr(stack.wrapped(current_index()).cast::<u8>().add(8).cast()) }.load(Ordering::Relaxed)
+        != 0
 }
 
 /// Takes every value of index `cpu`'s fallback stack, passing each to `out`; returns how

@@ -197,8 +197,9 @@ impl ThreadArea {
     ) -> (Outcome, u32) {
         let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) =
-            unsafe { dispatch!(words.index(), add_if_equal_delayed(area, n, check, expect, base, stride, amount, spins)) };
+        let (s, cpu) = unsafe {
+            dispatch!(words.index(), add_if_equal_delayed(area, n, check, expect, base, stride, amount, spins))
+        };
         (outcome(s), cpu)
     }
 
@@ -211,7 +212,8 @@ impl ThreadArea {
     pub unsafe fn try_load_compare_store(self, words: &PercpuArray<u64>, expect: u64, new: u64) -> (Outcome, u32) {
         let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) = unsafe { dispatch!(words.index(), load_compare_store::<false>(area, n, base, stride, expect, new)) };
+        let (s, cpu) =
+            unsafe { dispatch!(words.index(), load_compare_store::<false>(area, n, base, stride, expect, new)) };
         (outcome(s), cpu)
     }
 
@@ -230,7 +232,8 @@ impl ThreadArea {
     ) -> (Outcome, u32) {
         let (area, n, base, stride) = (self.as_ptr(), words.ncpus(), words.base().cast(), words.stride());
         // SAFETY: forwarded contract.
-        let (s, cpu) = unsafe { dispatch!(words.index(), load_compare_store::<true>(area, n, base, stride, expect, new)) };
+        let (s, cpu) =
+            unsafe { dispatch!(words.index(), load_compare_store::<true>(area, n, base, stride, expect, new)) };
         (outcome(s), cpu)
     }
 
@@ -243,7 +246,8 @@ impl ThreadArea {
     pub unsafe fn try_push(self, stack: &PercpuStack, value: u64) -> (Outcome, u32) {
         let (area, (n, base, stopped, stride)) = (self.as_ptr(), stack.raw());
         // SAFETY: forwarded contract; the stack's parts were checked when it was made.
-        let (s, cpu) = unsafe { dispatch!(stack.rseq.index(), push(area, n, base, stopped, stride, stack.cap as u64, value)) };
+        let (s, cpu) =
+            unsafe { dispatch!(stack.rseq.index(), push(area, n, base, stopped, stride, stack.cap as u64, value)) };
         (outcome(s), cpu)
     }
 
@@ -272,8 +276,9 @@ impl ThreadArea {
         let (area, (n, base, stopped, stride)) = (self.as_ptr(), stack.raw());
         let (cap, len) = (stack.cap as u64, src.len() as u64);
         // SAFETY: as in `try_push`; `src` is a valid slice.
-        let (s, k) =
-            unsafe { dispatch!(stack.rseq.index(), push_batch(area, n, base, stopped, stride, cap, src.as_ptr(), len)) };
+        let (s, k) = unsafe {
+            dispatch!(stack.rseq.index(), push_batch(area, n, base, stopped, stride, cap, src.as_ptr(), len))
+        };
         let o = outcome(s);
         (o, if o == Outcome::Committed { k as usize } else { 0 })
     }
@@ -513,7 +518,11 @@ impl PercpuStack {
 
     /// A stack of `cap` slots per index in `pool` that uses the given stopped words (from
     /// [`alloc_stopped_words`](Self::alloc_stopped_words) of the same pool).
-    pub fn alloc_sharing_stopped(pool: &PercpuPool, cap: usize, stopped: PercpuArray<AtomicU64>) -> Option<PercpuStack> {
+    pub fn alloc_sharing_stopped(
+        pool: &PercpuPool,
+        cap: usize,
+        stopped: PercpuArray<AtomicU64>,
+    ) -> Option<PercpuStack> {
         let rseq = pool.alloc_array(Self::rseq_bytes(cap), 8, stopped.index())?;
         let Some(fb) = pool.alloc_array(Self::fallback_bytes(cap), 8, stopped.index()) else {
             // SAFETY: allocated just above, never shared.
@@ -656,7 +665,8 @@ impl PercpuStack {
     /// # Safety
     /// As for [`PercpuStack::push`].
     pub unsafe fn drain(&self, i: u32, mut out: impl FnMut(u64)) -> Result<usize, DrainError> {
-        let stopped_word = self.stopped.get(i as usize).filter(|_| i < self.rseq.ncpus()).ok_or(DrainError::OutOfRange)?;
+        let stopped_word =
+            self.stopped.get(i as usize).filter(|_| i < self.rseq.ncpus()).ok_or(DrainError::OutOfRange)?;
         // SAFETY: a live stopped word of the stack.
         let stopped = unsafe { &*stopped_word };
         stopped.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).map_err(|_| DrainError::Busy)?;

@@ -21,8 +21,8 @@ use std::ptr::{self, NonNull};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::percpu::{PercpuArray, PercpuPtr};
-use crate::Index;
 use crate::topology::nr_possible_cpus;
+use crate::Index;
 
 /// Default distance between two CPUs' copies: 64 KiB (a multiple of every page size).
 pub const DEFAULT_STRIDE: usize = 64 * 1024;

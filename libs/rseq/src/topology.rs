@@ -226,7 +226,11 @@ fn possible_from_affinity() -> usize {
     if r != 0 {
         return 1;
     }
-    mask.iter().enumerate().rev().find(|(_, &w)| w != 0).map_or(1, |(i, &w)| i * WORD_BITS + (WORD_BITS - w.leading_zeros() as usize))
+    mask.iter()
+        .enumerate()
+        .rev()
+        .find(|(_, &w)| w != 0)
+        .map_or(1, |(i, &w)| i * WORD_BITS + (WORD_BITS - w.leading_zeros() as usize))
 }
 
 /// The largest possible CPU id plus one: the size of every per-CPU array (`cpu_id` and

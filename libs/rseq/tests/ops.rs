@@ -427,9 +427,7 @@ fn late_add_rounds(barrier: bool, rounds: u32, spins: u64) -> u32 {
                     }
                     loop {
                         // SAFETY: pool words for every possible CPU; `check` is a leaked atomic.
-                        match unsafe {
-                            area.try_add_if_equal_delayed(check.as_ptr(), e, &c.words, 1, spins)
-                        } {
+                        match unsafe { area.try_add_if_equal_delayed(check.as_ptr(), e, &c.words, 1, spins) } {
                             (rseq::Outcome::Committed, _) => {
                                 committed += 1;
                                 break;

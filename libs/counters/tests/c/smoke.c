@@ -268,8 +268,9 @@ int main(void) {
         size_t len = 0, need;
         CHECK_RC(pcounters_add(by_cpu, -expected_by_cpu() - 5), PCOUNTERS_OK); /* now -5 */
         snprintf(expect, sizeof expect,
-                 "# TYPE smoke_by_cid counter\nsmoke_by_cid %lld\n"
-                 "# TYPE smoke_by_cpu counter\nsmoke_by_cpu -5\n"
+                 /* both received negative adds: gauges, not counters */
+                 "# TYPE smoke_by_cid gauge\nsmoke_by_cid %lld\n"
+                 "# TYPE smoke_by_cpu gauge\nsmoke_by_cpu -5\n"
                  "# TYPE smoke_in_handler counter\nsmoke_in_handler 8000\n",
                  (long long)THREADS * ADDS_PER_THREAD);
         need = strlen(expect);

@@ -115,7 +115,13 @@ macro_rules! section {
 /// # Safety
 /// See the x86_64 module.
 #[inline(always)]
-pub unsafe fn add<const MM: bool>(area: *mut RseqArea, ncpus: u32, base: *mut u8, stride: usize, amount: u64) -> (u32, u32) {
+pub unsafe fn add<const MM: bool>(
+    area: *mut RseqArea,
+    ncpus: u32,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+) -> (u32, u32) {
     let (status, cpu): (u64, u64);
     // SAFETY: the function's contract; the template keeps to the module's shape.
     unsafe {
@@ -133,7 +139,12 @@ pub unsafe fn add<const MM: bool>(area: *mut RseqArea, ncpus: u32, base: *mut u8
 /// See the x86_64 module.
 #[doc(hidden)]
 #[inline(always)]
-pub unsafe fn add_unchecked<const IDX: usize>(area: *mut RseqArea, base: *mut u8, stride: usize, amount: u64) -> (u32, u32) {
+pub unsafe fn add_unchecked<const IDX: usize>(
+    area: *mut RseqArea,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+) -> (u32, u32) {
     let (status, cpu): (u64, u64);
     // SAFETY: the function's contract.
     unsafe {

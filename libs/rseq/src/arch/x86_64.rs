@@ -116,7 +116,13 @@ macro_rules! section {
 /// # Safety
 /// See above.
 #[inline(always)]
-pub unsafe fn add<const MM: bool>(area: *mut RseqArea, ncpus: u32, base: *mut u8, stride: usize, amount: u64) -> (u32, u32) {
+pub unsafe fn add<const MM: bool>(
+    area: *mut RseqArea,
+    ncpus: u32,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+) -> (u32, u32) {
     let (status, cpu): (u64, u64);
     // SAFETY: the contract above; the template keeps to the module's shape.
     unsafe {
@@ -136,7 +142,12 @@ pub unsafe fn add<const MM: bool>(area: *mut RseqArea, ncpus: u32, base: *mut u8
 /// See above, and `area` must be registered with an index below `ncpus`.
 #[doc(hidden)]
 #[inline(always)]
-pub unsafe fn add_unchecked<const IDX: usize>(area: *mut RseqArea, base: *mut u8, stride: usize, amount: u64) -> (u32, u32) {
+pub unsafe fn add_unchecked<const IDX: usize>(
+    area: *mut RseqArea,
+    base: *mut u8,
+    stride: usize,
+    amount: u64,
+) -> (u32, u32) {
     let (status, cpu): (u64, u64);
     // SAFETY: the contract above.
     unsafe {
