@@ -19,7 +19,13 @@
  *     int64_t n;
  *     pcounters_get(requests, &n);           // exact once adders have stopped
  *
- *   There is one registry per loaded copy of the library (process-wide, no init call).
+ *   There is one registry per loaded copy of the library (process-wide, no init call:
+ *   what the library needs from the system - the rseq area, the CPU count, the membarrier
+ *   commands - is looked up when it is loaded, so no first add has to).
+ *
+ *   No thread-local storage, no lazily initialised once-cell: an add from a signal handler
+ *   that interrupted malloc, from a thread's very first instant, or from a forked child
+ *   never allocates, locks, or waits for another thread.
  *
  * EXACTNESS
  *
@@ -48,19 +54,21 @@
  *   PCOUNTERS_ENOENT. An add that runs concurrently with the delete of its own counter
  *   either counts before the delete (its count disappears with the counter) or returns
  *   PCOUNTERS_ENOENT. No handle, stale or forged, ever reaches memory other than the
- *   library's table and counter words.
+ *   library's table and counter words. A new counter starts at 0, always.
  *
- *   On the rseq path the handle is checked inside the restartable critical section, and
- *   pcounters_delete() issues membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ) (Linux
- *   5.10+) after marking the counter deleted: when it returns, no add that saw the old
- *   handle can still land, however long its thread was suspended. The storage of a
- *   deleted counter is reused by a new counter (which starts at 0) no sooner than 100 ms
- *   after that membarrier - earlier only when all PCOUNTERS_MAX_COUNTERS slots are taken,
- *   never before the membarrier has returned. That
- *   delay is what protects adds on the fallback path (threads without rseq, or a kernel
- *   without the rseq membarrier): only such an add, suspended for longer than that between
- *   its handle check and its store (a thread stopped in a debugger), could still land in
- *   the new counter; stop adding before deleting if that matters.
+ *   When pcounters_delete() returns, no add that saw the old handle can still land,
+ *   however long its thread was suspended (a long signal handler, SIGSTOP, a frozen
+ *   cgroup). On the rseq path the handle is checked inside the restartable critical
+ *   section, and the delete issues membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)
+ *   (Linux 5.10+) after marking the counter deleted. On the fallback path an add raises an
+ *   in-flight count of its CPU before checking the handle and lowers it after adding, and
+ *   the delete waits until it has seen every CPU's count at zero - so a delete waits for
+ *   such an add that is suspended half-way. The deleted counter's storage is reused by
+ *   the next new counter as soon as its delete has completed; if the membarrier failed,
+ *   only after a later delete's membarrier succeeded. On kernels without the rseq
+ *   membarrier, every add takes the fallback path. pcounters_delete() therefore must not
+ *   be called from a signal handler that interrupted an add of the same counter (it would
+ *   wait for itself).
  *
  *   The kernel holds its CPU-hotplug lock during that membarrier, so pcounters_delete()
  *   waits for a CPU offline/online operation that is in progress (milliseconds on
@@ -142,10 +150,12 @@ extern "C" {
 /* ---- rseq modes (diagnostics, see pcounters_rseq_mode) ------------------------------ */
 
 #define PCOUNTERS_MODE_LIBC_OWNED 1         /* glibc registered rseq for every thread */
-#define PCOUNTERS_MODE_REGISTERED_BY_US 2   /* glibc only reserved the area; this library
-                                               registered it for the calling thread */
-#define PCOUNTERS_MODE_REGISTERED_BY_PEER 3 /* glibc only reserved the area; another
-                                               library registered it first */
+#define PCOUNTERS_MODE_REGISTERED 2         /* glibc only reserved the area; a library (this
+                                               one or another) registered it for the
+                                               calling thread: which one is not recorded,
+                                               that would take thread-local state */
+#define PCOUNTERS_MODE_REGISTERED_BY_US PCOUNTERS_MODE_REGISTERED /* 0.1 name */
+#define PCOUNTERS_MODE_REGISTERED_BY_PEER 3 /* 0.1 only; no longer returned */
 #define PCOUNTERS_MODE_UNAVAILABLE 4        /* no usable rseq area in this thread: adds
                                                use the atomic fallback path */
 #define PCOUNTERS_MODE_DISABLED 5           /* pcounters_force_fallback(1) is in effect */
@@ -173,8 +183,10 @@ typedef struct pcounters_rseq_statistics {
                                        (preemption, migration, signals) */
     uint64_t fallback_ops;          /* adds that took the atomic fallback path */
     uint64_t registered_by_us;      /* threads for which this copy registered rseq */
-    uint64_t registered_by_peer;    /* threads another library had registered first */
-    uint64_t registration_failures; /* threads whose registration failed */
+    uint64_t registered_by_peer;    /* registrations answered EBUSY (rare: a registered
+                                       area is recognised without asking the kernel) */
+    uint64_t registration_failures; /* threads whose registration failed (tried once per
+                                       thread; the errno is kept in the area itself) */
 } pcounters_rseq_statistics;
 
 /* Callback of pcounters_foreach(): return 0 to continue, non-zero to stop. */
@@ -273,8 +285,8 @@ int pcounters_foreach(pcounters_visit_fn visit, void *arg);
 
 /*
  * Prometheus text exposition (format 0.0.4) of every counter, sorted by name:
- *     # TYPE <name> counter
- *     <name> <value>
+ *     # TYPE <name> counter       ("gauge" for a counter that ever received a negative
+ *     <name> <value>               add: Prometheus counters never go down)
  * with <value> a signed 64-bit decimal and every line ending in '\n' (empty text when
  * there are no counters). Works like snprintf: stores the text's length (without the
  * NUL) in `*length`; when `size` > `*length` writes the whole text plus a NUL and returns
@@ -294,7 +306,7 @@ int pcounters_prometheus(char *buf, size_t size, size_t *length);
  * PCOUNTERS_MODE_UNAVAILABLE, `*err` (when `err` is not NULL) receives the errno of the
  * failed registration (ENOSYS, EINVAL, EPERM, ...) or 0 when libc offers no rseq area at
  * all; otherwise 0. May register rseq for the calling thread (glibc's reserved area, when
- * glibc did not register it). Thread-safe; not async-signal-safe.
+ * glibc did not register it). Thread-safe, async-signal-safe.
  */
 int pcounters_rseq_mode(int *err);
 
@@ -306,10 +318,19 @@ int pcounters_rseq_stats(pcounters_rseq_statistics *out);
 
 /*
  * on != 0: every add of this library copy (all threads) takes the atomic fallback path;
- * on == 0: back to rseq where available. Counts stay exact across the switch, also with
- * adds in flight. For tests and benchmarks. Returns PCOUNTERS_OK. Thread-safe.
+ * on == 0: back to rseq where available (not on kernels without the rseq membarrier, where
+ * the fallback stays on). Counts stay exact across the switch, also with adds in flight.
+ * For tests and benchmarks. Returns PCOUNTERS_OK. Thread-safe.
  */
 int pcounters_force_fallback(int on);
+
+/*
+ * The memory this library copy holds: `*resident` receives the bytes in memory now (the
+ * per-CPU pages that were touched, plus the handle table), `*reserved` the address space
+ * reserved (the per-CPU regions for every possible CPU, plus the handle table). Either
+ * pointer may be NULL. Returns PCOUNTERS_OK. Thread-safe; not async-signal-safe.
+ */
+int pcounters_memory(uint64_t *resident, uint64_t *reserved);
 
 /*
  * A static, NUL-terminated English description of a return code (also for unknown codes).
@@ -318,7 +339,7 @@ int pcounters_force_fallback(int on);
 const char *pcounters_strerror(int code);
 
 /*
- * The library's version, e.g. "0.1.0" (static string). Thread-safe, async-signal-safe.
+ * The library's version, e.g. "0.2.0" (static string). Thread-safe, async-signal-safe.
  */
 const char *pcounters_version(void);
 
