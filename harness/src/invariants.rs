@@ -134,7 +134,7 @@ pub fn registration_mode(st: &RunState) -> Result<Checked, Violation> {
         )),
         RegMode::None if p.probe_errno != libc::ENOSYS => bad(format!(
             "mode none requested but rseq(2) answered {} instead of ENOSYS",
-            if p.probe_errno == 0 { "success".to_string() } else { crate::participant::errno_name(p.probe_errno) }
+            if p.probe_errno == 0 { "success".to_string() } else { crate::participants::errno_name(p.probe_errno) }
         )),
         _ => ok(
             "registration_mode",
@@ -347,7 +347,7 @@ pub fn no_panics(st: &RunState) -> Result<Checked, Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::participant::Counts;
+    use crate::participants::Counts;
     use crate::scenario::{HotplugMode, IndexMode, Scenario};
     use crate::state::*;
 

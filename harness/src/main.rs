@@ -4,13 +4,12 @@
 //! failures from their seed. See `harness --help`.
 
 mod cli;
-mod counters;
 mod cpu;
+mod disturb;
+mod engine;
 mod invariants;
-mod participant;
-mod plugin;
+mod participants;
 mod report;
-mod run;
 mod scenario;
 mod schedule;
 mod state;

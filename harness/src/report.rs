@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Job;
 use crate::invariants::{Verdict, Violation};
-use crate::run::Job;
 use crate::state::{LogEntry, RunState};
 
 /// The full report of a run (`--json FILE`).

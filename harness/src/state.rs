@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::participant::Counts;
+use crate::participants::Counts;
 use crate::scenario::{HotplugMode, IndexMode, RegMode, Scenario};
 
 /// Threads that reported one mode for one library.

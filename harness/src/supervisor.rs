@@ -13,9 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::OutputArgs;
 use crate::cpu;
+use crate::engine::{self, Job};
 use crate::invariants;
 use crate::report::{self, Report};
-use crate::run::{self, Job};
 use crate::scenario::{HotplugMode, LibSpec, RegMode, Scenario};
 use crate::schedule;
 use crate::state::*;
@@ -35,9 +35,6 @@ pub const EXIT_VIOLATION: u8 = 1;
 pub const EXIT_SETUP: u8 = 2;
 /// Interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// Library files of the project the harness knows how to drive, in discovery order.
-pub const KNOWN_LIBRARIES: &[&str] = &["libpcounters.so"];
 
 /// The cargo target directory this harness was built into (`target/<profile>/harness`, or
 /// `target/<profile>/deps/...` for tests), if it looks like one.
@@ -74,7 +71,7 @@ pub fn default_plugins() -> Vec<PathBuf> {
 pub fn resolve_libs(s: &Scenario) -> Result<Vec<LibSpec>> {
     let mut libs = s.libs.clone();
     if libs.is_empty() && !s.no_default_libs {
-        for f in KNOWN_LIBRARIES {
+        for f in crate::participants::registry::default_files() {
             match find_built(f) {
                 Some(p) => libs.push(LibSpec { path: p, config: String::new() }),
                 None => bail!(
@@ -416,7 +413,7 @@ pub fn child_main(job_path: &Path) -> Result<()> {
     let job: Job = serde_json::from_slice(&std::fs::read(job_path).context("cannot read the job file")?)
         .context("bad job file")?;
     let out = std::env::var_os(ENV_OUT).map(PathBuf::from).ok_or_else(|| anyhow!("{ENV_OUT} not set"))?;
-    let state = run::run_job(job);
+    let state = engine::run_job(job);
     std::fs::write(&out, serde_json::to_vec(&state)?).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }

@@ -1,5 +1,13 @@
-//! How the harness uses a library: the [`Participant`] trait, implemented by the counters
-//! adapter and by the generic C plugin adapter, and opening a `.so` by path.
+//! How the harness uses a library: the [`Participant`] trait that every adapter implements,
+//! what a participant reports (thread modes, counts, checks), and opening a `.so` by path.
+//! One file per kind of library (`counters.rs`: libpcounters; `plugin.rs`: any plugin of
+//! the `rhp_` ABI); `registry.rs` maps a loaded library to its adapter.
+
+pub mod counters;
+pub mod plugin;
+pub mod registry;
+
+pub use registry::open_participant;
 
 use std::path::{Path, PathBuf};
 
@@ -195,42 +203,6 @@ pub fn open_library(path: &Path, flags: i32) -> Result<Library> {
     // SAFETY: loading a library runs its initialisers; the libraries under test are the
     // point of the run, and a broken one is reported as a failure of that file.
     unsafe { Library::open(Some(path), flags) }.with_context(|| format!("cannot load library {}", path.display()))
-}
-
-/// Which API a shared object exports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LibKind {
-    /// `pcounters_*` (libs/counters).
-    Counters,
-    /// `rhp_*` (a harness plugin).
-    Plugin,
-}
-
-/// Looks at a loaded library's exports to tell what it is.
-pub fn detect_kind(lib: &Library, path: &Path) -> Result<LibKind> {
-    // SAFETY: only the presence of the symbols is tested; nothing is called.
-    let has = |name: &[u8]| unsafe { lib.get::<*const libc::c_void>(name).is_ok() };
-    if has(b"rhp_plugin_abi_version\0") {
-        Ok(LibKind::Plugin)
-    } else if has(b"pcounters_create\0") {
-        Ok(LibKind::Counters)
-    } else {
-        Err(anyhow!(
-            "{} exports neither the harness plugin ABI (rhp_plugin_abi_version, see harness/include/rseq_harness_plugin.h) \
-             nor a known library API (pcounters_create)",
-            path.display()
-        ))
-    }
-}
-
-/// Opens `path` and makes a participant of it (setup included).
-pub fn open_participant(path: &Path, flags: i32, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
-    let lib = open_library(path, flags)?;
-    match detect_kind(&lib, path)? {
-        LibKind::Plugin => Ok(Box::new(crate::plugin::PluginAdapter::new(lib, path, cfg)?)),
-        LibKind::Counters => Ok(Box::new(crate::counters::CountersAdapter::new(lib, path, cfg)?)),
-    }
 }
 
 /// Whether a file is still mapped into this process (after `dlclose`).

@@ -14,7 +14,7 @@ use libloading::os::unix::Library;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::participant::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
+use super::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
 use crate::scenario::IndexMode;
 
 const OK: c_int = 0;
@@ -497,4 +497,9 @@ impl Participant for CountersAdapter {
         // Nothing to free: the counters go away with the library's registry at the unload,
         // which is what `fresh_after_reload` checks on the next load.
     }
+}
+
+/// The registry's constructor of this adapter.
+pub fn open(lib: Library, path: &Path, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
+    Ok(Box::new(CountersAdapter::new(lib, path, cfg)?))
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Result};
 use libloading::os::unix::Library;
 
-use crate::participant::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
+use super::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
 
 /// `RHP_ABI_VERSION` of the header this harness was written against.
 pub const RHP_ABI_VERSION: u32 = 1;
@@ -212,4 +212,9 @@ impl Participant for PluginAdapter {
         // SAFETY: ABI function; the harness calls it once, with nothing else of the plugin running.
         unsafe { (self.teardown)() }
     }
+}
+
+/// The registry's constructor of this adapter.
+pub fn open(lib: Library, path: &Path, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
+    Ok(Box::new(PluginAdapter::new(lib, path, cfg)?))
 }
