@@ -169,6 +169,12 @@ pub struct RunArgs {
     /// Forced fallback periods per second [default: 0.25].
     #[arg(long, value_name = "PER_SEC")]
     pub fallback_toggle_rate: Option<f64>,
+    /// Expect a foreign rseq user (a plugin that registers an rseq area of its own, like
+    /// harness/plugins/foreign_rseq.c, which the default discovery then adds from
+    /// target/harness-plugins/foreign/): the other libraries may get EINVAL under
+    /// --mode reserved and must still keep exact sums.
+    #[arg(long)]
+    pub foreign_rseq: bool,
     /// Quiesced mid-run invariant checks per second [default: 2].
     #[arg(long, value_name = "PER_SEC")]
     pub check_rate: Option<f64>,
@@ -280,6 +286,9 @@ impl RunArgs {
         }
         if self.no_fallback_toggle {
             s.fallback_toggle.enabled = false;
+        }
+        if self.foreign_rseq {
+            s.foreign_rseq = true;
         }
         if let Some(r) = self.check_rate {
             s.checks.rate = r;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::participants::Counts;
+use crate::participants::{Counts, Memory};
 use crate::scenario::{HotplugMode, IndexMode, RegMode, Scenario};
 
 /// Threads that reported one mode for one library.
@@ -50,6 +50,15 @@ pub struct ReloadRecord {
     pub load_error: Option<String>,
     /// How long the library was out of the run, ms.
     pub gap_ms: u64,
+    /// Resident memory of the run process right before the unload, KiB.
+    #[serde(default)]
+    pub rss_before_kib: u64,
+    /// Resident memory right after the fresh load (and its setup), KiB.
+    #[serde(default)]
+    pub rss_after_kib: u64,
+    /// What the unloaded copy said it held (its own statistics), if it says.
+    #[serde(default)]
+    pub memory_before: Option<Memory>,
 }
 
 /// What the run established about one library.
@@ -88,6 +97,39 @@ pub struct LibState {
     pub final_unmapped: Option<bool>,
     /// Loaded at the end of the run.
     pub loaded_at_end: bool,
+    /// Registers an rseq area of its own (a foreign rseq user, `RHP_FLAG_FOREIGN_AREA`).
+    #[serde(default)]
+    pub foreign_area: bool,
+    /// Never unloaded (`RHP_FLAG_NEVER_UNLOAD`): left out of the reload disturbance.
+    #[serde(default)]
+    pub never_unload: bool,
+    /// What the library said it held at the end, before the final unload (its own
+    /// statistics: `pcounters_memory`, `rhp_memory`); `None`: it does not say.
+    #[serde(default)]
+    pub memory: Option<Memory>,
+}
+
+/// One sample of the run process's memory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Milliseconds after the workers started.
+    pub at_ms: u64,
+    /// `VmRSS`, KiB.
+    pub rss_kib: u64,
+    /// Per library (in the order of `libs`): resident bytes by its own statistics, `None`
+    /// when it does not say (or was being checked or reloaded at that moment).
+    pub libs_resident: Vec<Option<u64>>,
+}
+
+/// Memory over the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryState {
+    /// Samples, oldest first: every `interval_ms` at the start; when they reach the limit,
+    /// every second one is dropped and the interval doubles (a day-long run keeps a few
+    /// hundred).
+    pub samples: Vec<MemorySample>,
+    /// The interval between the samples at the end of the run, ms.
+    pub interval_ms: u64,
 }
 
 /// One fork.
@@ -233,6 +275,9 @@ pub struct RunState {
     pub elapsed_ms: u64,
     /// SIGINT/SIGTERM stopped it early.
     pub interrupted: bool,
+    /// Memory over the run.
+    #[serde(default)]
+    pub memory: MemoryState,
     /// The scheduling priority the event thread ran with ("nice -10", or why it kept the
     /// default); the lag of each event is `ran_ms - at_ms` in the event log.
     #[serde(default)]

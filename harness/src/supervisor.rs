@@ -57,10 +57,11 @@ pub fn find_built(file: &str) -> Option<PathBuf> {
     ["release", "debug"].iter().map(|p| t.join(p).join(file)).find(|p| p.exists())
 }
 
-/// Plugins built by `make -C harness/plugins`: `target/harness-plugins/*.so`.
-pub fn default_plugins() -> Vec<PathBuf> {
+/// Plugins built by `make -C harness/plugins`: `target/<dir>/*.so` (`harness-plugins`, or
+/// `harness-plugins/foreign` for the foreign rseq user).
+pub fn default_plugins(dir: &str) -> Vec<PathBuf> {
     let Some(t) = target_dir() else { return Vec::new() };
-    let Ok(rd) = std::fs::read_dir(t.join("harness-plugins")) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(t.join(dir)) else { return Vec::new() };
     let mut v: Vec<PathBuf> =
         rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "so")).collect();
     v.sort();
@@ -85,7 +86,22 @@ pub fn resolve_libs(s: &Scenario) -> Result<Vec<LibSpec>> {
     }
     let mut plugins = s.plugins.clone();
     if plugins.is_empty() && !s.no_default_libs {
-        plugins = default_plugins().into_iter().map(|p| LibSpec { path: p, config: String::new() }).collect();
+        plugins = default_plugins("harness-plugins")
+            .into_iter()
+            .map(|p| LibSpec { path: p, config: String::new() })
+            .collect();
+        if s.foreign_rseq {
+            // The foreign rseq user is only discovered when the run expects it.
+            let foreign = default_plugins("harness-plugins/foreign");
+            if foreign.is_empty() {
+                bail!(
+                    "--foreign-rseq: no plugin in {}/harness-plugins/foreign/ (build it with `make -C harness/plugins`, \
+                     or name it with --plugin PATH)",
+                    target_dir().map_or("target".into(), |t| t.display().to_string())
+                );
+            }
+            plugins.extend(foreign.into_iter().map(|p| LibSpec { path: p, config: String::new() }));
+        }
     }
     libs.extend(plugins);
     for l in &mut libs {
@@ -217,7 +233,12 @@ fn run_child(job: &Job, workdir: &Path) -> Result<(RunState, Vec<String>)> {
 
     let state = match std::fs::read(&out_path) {
         Ok(bytes) if status.success() => {
-            serde_json::from_slice::<RunState>(&bytes).context("the run process wrote a bad state")?
+            let mut st = serde_json::from_slice::<RunState>(&bytes).context("the run process wrote a bad state")?;
+            if st.events.is_empty() {
+                // The run process keeps its event log in the file only.
+                st.events = read_log(&log_path);
+            }
+            st
         }
         _ => {
             let why = match (status.code(), status.signal()) {
@@ -245,12 +266,13 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// The event log the run process appended to `path` (JSON lines).
+fn read_log(path: &Path) -> Vec<LogEntry> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 fn crashed_state(job: &Job, why: String, log_path: &Path, initial_online: &[u32]) -> RunState {
-    let events: Vec<LogEntry> = std::fs::read_to_string(log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = read_log(log_path);
     RunState {
         seed: job.plan.seed,
         scenario: job.scenario.clone(),
@@ -294,6 +316,7 @@ fn crashed_state(job: &Job, why: String, log_path: &Path, initial_online: &[u32]
         elapsed_ms: 0,
         interrupted: false,
         engine_priority: String::new(),
+        memory: MemoryState::default(),
     }
 }
 

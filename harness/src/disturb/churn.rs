@@ -15,6 +15,9 @@ use crate::engine::{churn_body, spawn_small, Ctx, Engine};
 use crate::schedule;
 
 pub(crate) fn churn_driver(ctx: Arc<Ctx>) {
+    // This thread creates the churn threads: what is registered in it decides what glibc
+    // registers in them.
+    ctx.run_thread_hooks();
     let c = ctx.scenario.churn.clone();
     let mut rng = ChaCha8Rng::seed_from_u64(schedule::thread_seed(ctx.seed, 1 << 20));
     let mut handles: VecDeque<JoinHandle<()>> = VecDeque::new();
@@ -69,6 +72,7 @@ pub(crate) fn churn_driver(ctx: Arc<Ctx>) {
 
 /// Holds `count` threads alive at once; returns how many were alive together.
 fn hold_alive(ctx: Arc<Ctx>, count: u32) -> (u64, u64) {
+    ctx.run_thread_hooks();
     // Started by the event thread: back to the workers' priority, for this thread and the
     // threads it creates.
     let _ = cpu::set_thread_nice(0);

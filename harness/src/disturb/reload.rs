@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::engine::memory::status_kib;
 use crate::engine::{record_check, Engine, Loaded, Slot};
 use crate::participants;
 use crate::state::ReloadRecord;
@@ -18,6 +19,8 @@ impl Engine {
         let mut g = slot.state.write().unwrap();
         let Some(old) = g.take() else { return "skipped: not loaded".into() };
         let name = old.p.name().to_string();
+        let rss_before_kib = status_kib("VmRSS:");
+        let memory_before = old.p.memory();
         if slot.forced.swap(false, Ordering::SeqCst) {
             old.p.force_fallback(false);
         }
@@ -51,6 +54,9 @@ impl Engine {
             unmapped,
             load_error,
             gap_ms: t0.elapsed().as_millis() as u64,
+            rss_before_kib,
+            rss_after_kib: status_kib("VmRSS:"),
+            memory_before,
         });
         out
     }

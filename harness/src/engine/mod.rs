@@ -2,6 +2,7 @@
 //! events (each kind of disturbance in its own file of `crate::disturb`), checks every
 //! library and collects the [`RunState`].
 
+pub(crate) mod memory;
 mod progress;
 mod workload;
 
@@ -87,14 +88,9 @@ pub(crate) struct Engine {
     pub(crate) cpuset_changes: (u64, u64),
     pub(crate) bursts: Vec<JoinHandle<(u64, u64)>>,
     pub(crate) log_file: Option<std::fs::File>,
-}
-
-/// A `kB` field of /proc/self/status (0 when absent).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
+    /// Event-log entries written to `log_file` (kept in `log` only when there is no file).
+    pub(crate) logged: u64,
+    pub(crate) memory: memory::Sampler,
 }
 
 /// Runs a job in this process and returns what it established.
@@ -128,6 +124,7 @@ pub fn run_job(job: Job) -> RunState {
                 work_error_count: AtomicU64::new(0),
                 incarnation: AtomicU32::new(0),
                 forced: AtomicBool::new(false),
+                thread_hook: AtomicBool::new(false),
                 info: Mutex::new(SlotInfo {
                     name: l.path.file_name().map_or_else(|| "?".into(), |f| f.to_string_lossy().into_owned()),
                     ..SlotInfo::default()
@@ -175,6 +172,8 @@ pub fn run_job(job: Job) -> RunState {
         cpuset_changes: (0, 0),
         bursts: Vec::new(),
         log_file: std::env::var_os(crate::supervisor::ENV_LOG).and_then(|p| std::fs::File::create(p).ok()),
+        logged: 0,
+        memory: memory::Sampler::new(),
     };
     let mut fatal = Vec::new();
     let mut load_errors = Vec::new();
@@ -212,7 +211,10 @@ pub fn run_job(job: Job) -> RunState {
                 info.lazy = p.registers_lazily();
                 info.index_used = p.index_used();
                 info.load_position = pos;
+                info.foreign = p.foreign_area();
+                info.never_unload = p.never_unload();
                 drop(info);
+                slot.thread_hook.store(p.has_thread_start(), Ordering::SeqCst);
                 *slot.state.write().unwrap() = Some(Loaded { p, incarnation: 0 });
             }
             Err(e) => load_errors.push(format!("{e:#}")),
@@ -313,8 +315,10 @@ pub fn run_job(job: Job) -> RunState {
             }
             let r = l.p.check();
             record_check(slot, at, "final", r);
+            slot.info.lock().unwrap().memory = l.p.memory();
         }
     }
+    eng.memory.take(&ctx, ctx.ms());
     let mut unload_order = eng.job.plan.load_order.clone();
     unload_order.reverse();
     let mut loaded_at_end = vec![false; ctx.slots.len()];
@@ -357,6 +361,9 @@ pub fn run_job(job: Job) -> RunState {
                 work_error_count: slot.work_error_count.load(Ordering::Relaxed),
                 reloads: info.reloads,
                 final_unmapped: info.final_unmapped,
+                foreign_area: info.foreign,
+                memory: info.memory,
+                never_unload: info.never_unload,
                 loaded_at_end: loaded_at_end[i],
             }
         })
@@ -386,8 +393,8 @@ pub fn run_job(job: Job) -> RunState {
             possible: rseq::topology::possible_cpus().to_vec(),
             added_during_run: std::mem::take(&mut eng.added_during_run),
             cpu_notes: std::mem::take(&mut eng.cpu_notes),
-            rss_kib: status_kib("VmRSS:"),
-            peak_rss_kib: status_kib("VmHWM:"),
+            rss_kib: memory::status_kib("VmRSS:"),
+            peak_rss_kib: memory::status_kib("VmHWM:"),
         },
         threads: ThreadState {
             created: ctx.created.load(Ordering::Relaxed),
@@ -405,6 +412,7 @@ pub fn run_job(job: Job) -> RunState {
         events: std::mem::take(&mut eng.log),
         elapsed_ms,
         interrupted: cpu::stop_requested(),
+        memory: std::mem::replace(&mut eng.memory, memory::Sampler::new()).finish(),
         engine_priority,
     }
 }
@@ -430,6 +438,7 @@ impl Engine {
                 next_cpu_scan = now + CPU_SCAN_MS;
                 self.scan_new_cpus(now);
             }
+            self.memory.tick(&self.ctx, now);
             if now >= duration || cpu::stop_requested() {
                 break;
             }
@@ -480,14 +489,26 @@ impl Engine {
     }
 
     /// Keeps the entry and appends it to the log file, so that a crash leaves the log behind.
+    /// Keeps the entry only in the log file when there is one (the supervisor reads the log
+    /// from there), so that the run process's memory does not grow with the log.
     pub(crate) fn push_log(&mut self, e: LogEntry) {
         if let Some(f) = &mut self.log_file {
             use std::io::Write as _;
             if let Ok(line) = serde_json::to_string(&e) {
-                let _ = writeln!(f, "{line}");
+                if writeln!(f, "{line}").is_ok() {
+                    self.logged += 1;
+                    return;
+                }
             }
         }
         self.log.push(e);
+    }
+
+    /// The library `pick` chooses among those that may be unloaded (a plugin with
+    /// `RHP_FLAG_NEVER_UNLOAD` never is); the same as [`Engine::slot`] when all may.
+    fn reloadable_slot(&self, pick: u32) -> Option<Arc<Slot>> {
+        let ok: Vec<&Arc<Slot>> = self.ctx.slots.iter().filter(|s| !s.info.lock().unwrap().never_unload).collect();
+        (!ok.is_empty()).then(|| ok[pick as usize % ok.len()].clone())
     }
 
     pub(crate) fn slot(&self, pick: u32) -> Option<Arc<Slot>> {
@@ -506,9 +527,9 @@ impl Engine {
             EventKind::SimOnline => self.sim_online(),
             EventKind::SignalStorm { target, count } => self.signal_storm(target, count),
             EventKind::Fork { seed } => self.fork(seed),
-            EventKind::Reload { lib } => match self.slot(lib) {
+            EventKind::Reload { lib } => match self.reloadable_slot(lib) {
                 Some(slot) => self.reload(&slot),
-                None => "skipped: no library".into(),
+                None => "skipped: no library that may be unloaded".into(),
             },
             EventKind::Check { lib } => self.check(lib),
             EventKind::FallbackOn { lib } => self.fallback(lib, true),

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cpu;
-use crate::participants::{Counts, Participant, SetupConfig, ThreadMode};
+use crate::participants::{Counts, Foreign, Memory, Participant, SetupConfig, ThreadMode};
 use crate::scenario::Scenario;
 use crate::schedule;
 use crate::state::*;
@@ -35,6 +35,8 @@ pub(crate) struct Slot {
     pub(crate) work_error_count: AtomicU64,
     pub(crate) incarnation: AtomicU32,
     pub(crate) forced: AtomicBool,
+    /// The loaded participant has a thread-start hook.
+    pub(crate) thread_hook: AtomicBool,
     pub(crate) info: Mutex<SlotInfo>,
 }
 
@@ -52,6 +54,12 @@ pub(crate) struct SlotInfo {
     pub(crate) work_errors: Vec<String>,
     pub(crate) reloads: Vec<ReloadRecord>,
     pub(crate) final_unmapped: Option<bool>,
+    /// Registers an rseq area of its own (a foreign rseq user).
+    pub(crate) foreign: bool,
+    /// Never unloaded.
+    pub(crate) never_unload: bool,
+    /// What it said it held before the final unload.
+    pub(crate) memory: Option<Memory>,
 }
 
 pub(crate) struct Ctx {
@@ -138,7 +146,14 @@ impl Ctx {
 
     pub(crate) fn note_mode(&self, slot: &Slot, m: ThreadMode, forced_now: bool) {
         let mut info = slot.info.lock().unwrap();
-        let allowed = m.allowed(self.scenario.mode, info.lazy, forced_now || info.forced_periods > 0);
+        let foreign = if info.foreign {
+            Foreign::ThisLibrary
+        } else if self.scenario.foreign_rseq {
+            Foreign::Expected
+        } else {
+            Foreign::No
+        };
+        let allowed = m.allowed(self.scenario.mode, info.lazy, forced_now || info.forced_periods > 0, foreign);
         let name = m.name();
         let e = info.modes.entry(name.clone()).or_insert_with(|| ModeSeen {
             mode: name,
@@ -156,6 +171,19 @@ impl Ctx {
         order.shuffle(rng);
         for &i in order.iter() {
             self.unit(&self.slots[i], rng.random(), &mut seen[i]);
+        }
+    }
+
+    /// The thread-start hooks of the loaded libraries that have one, first thing in a thread
+    /// the harness created (before any library runs in it).
+    pub(crate) fn run_thread_hooks(&self) {
+        for slot in &self.slots {
+            if slot.thread_hook.load(Ordering::Relaxed) {
+                let g = slot.state.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(l) = g.as_ref() {
+                    l.p.thread_start();
+                }
+            }
         }
     }
 
@@ -223,6 +251,7 @@ pub(crate) fn spawn_small<F: FnOnce() + Send + 'static>(
 }
 
 pub(crate) fn mixed_worker(ctx: Arc<Ctx>, id: u64) {
+    ctx.run_thread_hooks();
     ctx.thread_started();
     ctx.register_worker();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -241,6 +270,7 @@ pub(crate) fn mixed_worker(ctx: Arc<Ctx>, id: u64) {
 }
 
 pub(crate) fn lib_worker(ctx: Arc<Ctx>, id: u64, slot: usize) {
+    ctx.run_thread_hooks();
     ctx.thread_started();
     ctx.register_worker();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -259,6 +289,7 @@ pub(crate) fn lib_worker(ctx: Arc<Ctx>, id: u64, slot: usize) {
 
 /// Body of a short-lived thread: `rounds` rounds over every library.
 pub(crate) fn churn_body(ctx: &Ctx, seed: u64, rounds: u32) {
+    ctx.run_thread_hooks();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut seen = vec![u32::MAX; ctx.slots.len()];
     let mut order: Vec<usize> = (0..ctx.slots.len()).collect();

@@ -59,9 +59,26 @@ impl ThreadMode {
     /// Whether a library that reports this mode does what the requested registration mode
     /// promises. `lazy`: the library registers libc's reserved area itself; `forced`: its
     /// fallback was forced at some point of the run.
-    pub fn allowed(self, mode: RegMode, lazy: bool, forced: bool) -> bool {
+    /// `foreign`: whether a foreign rseq user is expected in the process, or this library
+    /// is one.
+    pub fn allowed(self, mode: RegMode, lazy: bool, forced: bool, foreign: Foreign) -> bool {
         if self == ThreadMode::Disabled {
             return forced;
+        }
+        if foreign == Foreign::ThisLibrary {
+            // Its own area, or glibc's area registered by someone else, or no rseq at all.
+            return match mode {
+                RegMode::Libc => self == ThreadMode::LibcOwned,
+                RegMode::Reserved => matches!(self, ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer),
+                RegMode::None => self == ThreadMode::Unavailable { errno: libc::ENOSYS },
+            };
+        }
+        if foreign == Foreign::Expected
+            && mode == RegMode::Reserved
+            && self == (ThreadMode::Unavailable { errno: libc::EINVAL })
+        {
+            // The foreign user registered its own area in this thread first.
+            return true;
         }
         match mode {
             RegMode::Libc => self == ThreadMode::LibcOwned,
@@ -184,6 +201,49 @@ pub trait Participant: Send + Sync {
     fn index_used(&self) -> Option<&'static str> {
         None
     }
+    /// Whether [`Participant::thread_start`] does anything (checked once per load).
+    fn has_thread_start(&self) -> bool {
+        false
+    }
+    /// Called first thing in every thread the harness creates while the library is loaded
+    /// (a plugin's optional `rhp_thread_start`).
+    fn thread_start(&self) {}
+    /// The library registers an rseq area of its own where nobody registered one: it breaks
+    /// the coexistence contract on purpose (an older tcmalloc or librseq), so that the others
+    /// get `EINVAL` in those threads.
+    fn foreign_area(&self) -> bool {
+        false
+    }
+    /// The library must never be unloaded (it is left out of the reload disturbance, and its
+    /// handle is never closed).
+    fn never_unload(&self) -> bool {
+        false
+    }
+    /// The bytes the library holds, by its own statistics; `None` when it cannot say.
+    fn memory(&self) -> Option<Memory> {
+        None
+    }
+}
+
+/// Memory a library holds, as it reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Bytes resident in memory.
+    pub resident_bytes: u64,
+    /// Address space reserved.
+    pub reserved_bytes: u64,
+}
+
+/// Whether a library's thread modes are judged with a foreign rseq user in the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Foreign {
+    /// No foreign rseq user is expected.
+    No,
+    /// The run expects one (`--foreign-rseq`): contract-following libraries may find another
+    /// area registered (`EINVAL`) under `reserved` and run their fallback there.
+    Expected,
+    /// This library is the foreign rseq user.
+    ThisLibrary,
 }
 
 /// `dlopen` flags of a run.
@@ -220,17 +280,30 @@ mod tests {
     #[test]
     fn expected_modes() {
         use ThreadMode::*;
-        assert!(LibcOwned.allowed(RegMode::Libc, true, false));
-        assert!(!RegisteredByUs.allowed(RegMode::Libc, true, false));
-        assert!(!Disabled.allowed(RegMode::Libc, true, false));
-        assert!(Disabled.allowed(RegMode::Libc, true, true));
-        assert!(RegisteredByPeer.allowed(RegMode::Reserved, true, false));
-        assert!(!Unavailable { errno: 0 }.allowed(RegMode::Reserved, true, false));
-        assert!(Unavailable { errno: 0 }.allowed(RegMode::Reserved, false, false));
-        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false));
-        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, true, false));
-        assert!(!Unavailable { errno: 0 }.allowed(RegMode::None, true, false));
-        assert!(!LibcOwned.allowed(RegMode::None, false, false));
+        assert!(LibcOwned.allowed(RegMode::Libc, true, false, Foreign::No));
+        assert!(!RegisteredByUs.allowed(RegMode::Libc, true, false, Foreign::No));
+        assert!(!Disabled.allowed(RegMode::Libc, true, false, Foreign::No));
+        assert!(Disabled.allowed(RegMode::Libc, true, true, Foreign::No));
+        assert!(RegisteredByPeer.allowed(RegMode::Reserved, true, false, Foreign::No));
+        assert!(!Unavailable { errno: 0 }.allowed(RegMode::Reserved, true, false, Foreign::No));
+        assert!(Unavailable { errno: 0 }.allowed(RegMode::Reserved, false, false, Foreign::No));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false, Foreign::No));
+        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, true, false, Foreign::No));
+        assert!(!Unavailable { errno: 0 }.allowed(RegMode::None, true, false, Foreign::No));
+        assert!(!LibcOwned.allowed(RegMode::None, false, false, Foreign::No));
         assert_eq!(Unavailable { errno: libc::ENOSYS }.name(), "unavailable(ENOSYS)");
+        // A foreign rseq user: EINVAL is expected of the others under reserved only.
+        let e = Foreign::Expected;
+        assert!(Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, true, false, e));
+        assert!(Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false, e));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Libc, true, false, e));
+        assert!(!Unavailable { errno: libc::EPERM }.allowed(RegMode::Reserved, true, false, e));
+        assert!(RegisteredByUs.allowed(RegMode::Reserved, true, false, e));
+        let f = Foreign::ThisLibrary;
+        assert!(RegisteredByUs.allowed(RegMode::Reserved, false, false, f));
+        assert!(RegisteredByPeer.allowed(RegMode::Reserved, false, false, f));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false, f));
+        assert!(LibcOwned.allowed(RegMode::Libc, false, false, f));
+        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, false, false, f));
     }
 }

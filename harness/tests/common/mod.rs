@@ -34,6 +34,11 @@ pub fn counters_lib() -> PathBuf {
 
 /// Compiles a C plugin with `cc -shared -fPIC -O2 -Wall -Wextra -Werror`.
 pub fn build_plugin(src: &Path, name: &str) -> PathBuf {
+    build_plugin_with(src, name, &[])
+}
+
+/// Compiles a C plugin with `cc -shared -fPIC -O2 -Wall -Wextra -Werror` and `extra` flags.
+pub fn build_plugin_with(src: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out = tmp().join(format!("lib{name}.so"));
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -43,6 +48,7 @@ pub fn build_plugin(src: &Path, name: &str) -> PathBuf {
         .arg(src)
         .arg("-o")
         .arg(&out)
+        .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
     assert!(o.status.success(), "{cc} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
@@ -54,6 +60,20 @@ pub fn example_plugin() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         build_plugin(&Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/percpu_counter.c"), "percpu_counter")
+    })
+    .clone()
+}
+
+/// The foreign rseq user `harness/plugins/foreign_rseq.c` (registers areas of its own; never
+/// unloaded, linked with `-z nodelete` as its Makefile does), built here.
+pub fn foreign_plugin() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        build_plugin_with(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/foreign_rseq.c"),
+            "foreign_rseq",
+            &["-Wl,-z,nodelete", "-lpthread"],
+        )
     })
     .clone()
 }
