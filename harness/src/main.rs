@@ -12,6 +12,7 @@ mod participants;
 mod report;
 mod scenario;
 mod schedule;
+mod soak;
 mod state;
 mod stuck;
 mod supervisor;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Some(cli::Command::Replay(r)) => supervisor::replay(&r.file, &r.output),
         Some(cli::Command::Run(a)) => run_cmd(&a),
+        Some(cli::Command::Soak(a)) => soak::soak(&a),
         None => run_cmd(&cli.run),
     };
     match r {

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -145,8 +145,16 @@ pub fn make_job(mut s: Scenario, progress: bool) -> Result<Job> {
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// A SIGINT/SIGTERM/SIGHUP reached the supervisor (a soak stops after the run in progress).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a SIGINT/SIGTERM/SIGHUP reached the supervisor since its first run started.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 extern "C" fn forward_signal(sig: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     // The run process has its own process group: a terminal's Ctrl-C or a signal to this
     // process's group reaches it only through here, exactly once.
     let child = CHILD.load(Ordering::SeqCst);
@@ -368,13 +376,36 @@ pub fn execute(job: Job, out: &OutputArgs) -> Result<u8> {
         println!("  {}. {}", pos + 1, job.libs[i].path.display());
     }
     let _ = std::io::stdout().flush();
+    let Some(rep) = run_and_evaluate(&job, out.replay_dir.as_deref())? else { return Ok(EXIT_SETUP) };
+    print!("{}", report::summary(&rep));
+    if let Some(p) = &out.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(exit_code(&rep))
+}
 
+/// The exit code of a finished run.
+pub fn exit_code(rep: &Report) -> u8 {
+    if !rep.passed {
+        EXIT_VIOLATION
+    } else if rep.state.interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Runs a job in the run process, evaluates every invariant and writes the replay file of a
+/// failure (into `replay_dir`, default the current directory). `None`: a library could not
+/// be loaded (said on stderr), the run did not start.
+pub fn run_and_evaluate(job: &Job, replay_dir: Option<&Path>) -> Result<Option<Report>> {
     // Real hotplug runs take turns machine-wide: one run's safety net must not undo another's
     // offline CPU.
     let _hotplug_lock = if job.plan.hotplug == HotplugMode::Real { Some(hotplug_lock()?) } else { None };
     let workdir = std::env::temp_dir().join(format!("rseq-harness-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
-    let r = run_child(&job, &workdir);
+    let r = run_child(job, &workdir);
     let _ = std::fs::remove_dir_all(&workdir);
     let (mut state, notes) = r?;
     for n in notes {
@@ -389,31 +420,20 @@ pub fn execute(job: Job, out: &OutputArgs) -> Result<u8> {
         for e in &state.load_errors {
             eprintln!("harness: error: {e}");
         }
-        return Ok(EXIT_SETUP);
+        return Ok(None);
     }
 
     let (verdicts, violations) = invariants::evaluate(&state);
     let passed = violations.is_empty();
     let mut rep = Report { seed: state.seed, passed, invariants: verdicts, violations, replay_file: None, state };
     if !passed {
-        let dir = out.replay_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-        match report::write_replay(&dir, &job, &rep.violations, &rep.state.events) {
+        let dir = replay_dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        match report::write_replay(&dir, job, &rep.violations, &rep.state.events) {
             Ok(p) => rep.replay_file = Some(p),
             Err(e) => eprintln!("harness: {e:#}"),
         }
     }
-    print!("{}", report::summary(&rep));
-    if let Some(p) = &out.json {
-        std::fs::write(p, serde_json::to_string_pretty(&rep)?)
-            .with_context(|| format!("cannot write {}", p.display()))?;
-    }
-    Ok(if !passed {
-        EXIT_VIOLATION
-    } else if rep.state.interrupted {
-        EXIT_INTERRUPTED
-    } else {
-        EXIT_OK
-    })
+    Ok(Some(rep))
 }
 
 /// `harness replay FILE`.
