@@ -124,8 +124,10 @@ pub fn rss_trend_kib_per_min(samples: &[MemorySample]) -> Option<f64> {
 fn bytes(b: u64) -> String {
     if b >= 1 << 20 {
         format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1024 {
+        format!("{:.0} KiB", b as f64 / 1024.0)
     } else {
-        format!("{} KiB", b.div_ceil(1024))
+        format!("{b} B")
     }
 }
 
@@ -147,7 +149,11 @@ fn memory_lines(st: &RunState) -> String {
         }
         let pts: Vec<String> = shown
             .iter()
-            .map(|s| format!("{:.0} s {:.1}", s.at_ms as f64 / 1000.0, s.rss_kib as f64 / 1024.0))
+            .map(|s| {
+                let at = s.at_ms as f64 / 1000.0;
+                let at = if st.elapsed_ms < 60_000 { format!("{at:.1}") } else { format!("{at:.0}") };
+                format!("{at} s {:.1}", s.rss_kib as f64 / 1024.0)
+            })
             .collect();
         let _ = write!(o, "; over the run (MiB): {}", pts.join(", "));
         if let Some(t) = rss_trend_kib_per_min(&m.samples) {
@@ -179,10 +185,16 @@ fn memory_lines(st: &RunState) -> String {
         }
         d.sort_unstable();
         let total: i64 = d.iter().sum();
+        let mut held: Vec<u64> = l.reloads.iter().filter_map(|r| r.memory_before.map(|m| m.resident_bytes)).collect();
+        held.sort_unstable();
+        let held = match held.get(held.len() / 2) {
+            Some(h) => format!("; the copy held {} resident at its unload (median)", bytes(*h)),
+            None => String::new(),
+        };
         let _ = write!(
             o,
             "\nrss across the reloads of {} (after the fresh load minus before the unload): median {:+} KiB, \
-             total {:+} KiB over {} reloads",
+             total {:+} KiB over {} reloads{held}",
             l.name,
             d[d.len() / 2],
             total,
