@@ -343,8 +343,13 @@ pub fn fork_children(st: &RunState) -> Result<Checked, Violation> {
 
 /// Every CPU that was online before the run is online after it.
 pub fn cpus_restored(st: &RunState) -> Result<Checked, Violation> {
-    let missing: Vec<u32> =
-        st.cpus.initial_online.iter().copied().filter(|c| !st.cpus.final_online.contains(c)).collect();
+    let missing: Vec<u32> = st
+        .cpus
+        .initial_online
+        .iter()
+        .copied()
+        .filter(|c| !st.cpus.final_online.contains(c) && !st.cpus.offline_by_others.contains(c))
+        .collect();
     if !missing.is_empty() || !st.cpus.restore_failures.is_empty() {
         return Err(violation(
             st,
@@ -365,10 +370,18 @@ pub fn cpus_restored(st: &RunState) -> Result<Checked, Violation> {
         "cpus_restored",
         st.cpus.offlined,
         format!(
-            "{} offline / {} online operations, online at the end: {}",
+            "{} offline / {} online operations, online at the end: {}{}",
             st.cpus.offlined,
             st.cpus.onlined,
-            rseq::topology::format_cpu_list(&st.cpus.final_online)
+            rseq::topology::format_cpu_list(&st.cpus.final_online),
+            if st.cpus.offline_by_others.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (cpu {} went offline during the run, not by this run)",
+                    rseq::topology::format_cpu_list(&st.cpus.offline_by_others)
+                )
+            }
         ),
     )
 }
@@ -485,14 +498,18 @@ mod tests {
         let mut st3 = state(RegMode::Libc);
         st3.cpus.final_online = vec![0];
         assert!(cpus_restored(&st3).unwrap_err().message.contains("cpu 1 still offline"));
+        // Taken by someone else during a run that never offlines a CPU: noted, not broken.
+        st3.cpus.offline_by_others = vec![1];
+        assert!(cpus_restored(&st3).unwrap().detail.contains("not by this run"));
         let mut st4 = state(RegMode::Libc);
         st4.libs[0].reloads.push(ReloadRecord {
             at_ms: 1,
             unmapped: false,
             load_error: None,
             gap_ms: 1,
-            rss_before_kib: 0,
-            rss_after_kib: 0,
+            anon_before_kib: 0,
+            anon_unloaded_kib: 0,
+            anon_after_kib: 0,
             memory_before: None,
         });
         assert!(reload(&st4).unwrap_err().message.contains("still mapped"));

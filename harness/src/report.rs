@@ -177,8 +177,8 @@ fn memory_lines(st: &RunState) -> String {
         let mut d: Vec<i64> = l
             .reloads
             .iter()
-            .filter(|r| r.rss_before_kib > 0 && r.rss_after_kib > 0)
-            .map(|r| r.rss_after_kib as i64 - r.rss_before_kib as i64)
+            .filter(|r| r.anon_before_kib > 0 && r.anon_after_kib > 0)
+            .map(|r| r.anon_after_kib as i64 - r.anon_before_kib as i64)
             .collect();
         if d.is_empty() {
             continue;
@@ -188,13 +188,24 @@ fn memory_lines(st: &RunState) -> String {
         let mut held: Vec<u64> = l.reloads.iter().filter_map(|r| r.memory_before.map(|m| m.resident_bytes)).collect();
         held.sort_unstable();
         let held = match held.get(held.len() / 2) {
-            Some(h) => format!("; the copy held {} resident at its unload (median)", bytes(*h)),
+            Some(h) => format!(", the copy said it held {} resident (median)", bytes(*h)),
+            None => String::new(),
+        };
+        let mut drop_at_unload: Vec<i64> = l
+            .reloads
+            .iter()
+            .filter(|r| r.anon_before_kib > 0 && r.anon_unloaded_kib > 0)
+            .map(|r| r.anon_unloaded_kib as i64 - r.anon_before_kib as i64)
+            .collect();
+        drop_at_unload.sort_unstable();
+        let at_unload = match drop_at_unload.get(drop_at_unload.len() / 2) {
+            Some(u) => format!("; at the unload: {u:+} KiB (median){held}"),
             None => String::new(),
         };
         let _ = write!(
             o,
-            "\nrss across the reloads of {} (after the fresh load minus before the unload): median {:+} KiB, \
-             total {:+} KiB over {} reloads{held}",
+            "\nanonymous rss across the reloads of {} (after the fresh load minus before the unload): median \
+             {:+} KiB, total {:+} KiB over {} reloads{at_unload}",
             l.name,
             d[d.len() / 2],
             total,
@@ -352,7 +363,7 @@ mod tests {
     use super::*;
 
     fn sample(at_ms: u64, rss_kib: u64) -> MemorySample {
-        MemorySample { at_ms, rss_kib, libs_resident: Vec::new() }
+        MemorySample { at_ms, rss_kib, anon_kib: 0, libs_resident: Vec::new() }
     }
 
     #[test]

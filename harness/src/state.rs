@@ -50,12 +50,17 @@ pub struct ReloadRecord {
     pub load_error: Option<String>,
     /// How long the library was out of the run, ms.
     pub gap_ms: u64,
-    /// Resident memory of the run process right before the unload, KiB.
+    /// Anonymous resident memory (`RssAnon`: heap and anonymous mappings, not the libraries'
+    /// file pages) of the run process right before the unload, KiB.
     #[serde(default)]
-    pub rss_before_kib: u64,
-    /// Resident memory right after the fresh load (and its setup), KiB.
+    pub anon_before_kib: u64,
+    /// `RssAnon` right after the unload (before the fresh load), KiB: a copy that returns its
+    /// memory at unload shows a drop of about what it held.
     #[serde(default)]
-    pub rss_after_kib: u64,
+    pub anon_unloaded_kib: u64,
+    /// `RssAnon` right after the fresh load (and its setup), KiB.
+    #[serde(default)]
+    pub anon_after_kib: u64,
     /// What the unloaded copy said it held (its own statistics), if it says.
     #[serde(default)]
     pub memory_before: Option<Memory>,
@@ -116,6 +121,9 @@ pub struct MemorySample {
     pub at_ms: u64,
     /// `VmRSS`, KiB.
     pub rss_kib: u64,
+    /// `RssAnon` (heap and anonymous mappings), KiB.
+    #[serde(default)]
+    pub anon_kib: u64,
     /// Per library (in the order of `libs`): resident bytes by its own statistics, `None`
     /// when it does not say (or was being checked or reloaded at that moment).
     pub libs_resident: Vec<Option<u64>>,
@@ -156,6 +164,10 @@ pub struct CpuState {
     pub offlined: u64,
     /// Successful online operations.
     pub onlined: u64,
+    /// CPUs online at the start and offline at the end of a run that never takes a CPU
+    /// offline itself (hotplug simulated or off): someone else on the machine took them.
+    #[serde(default)]
+    pub offline_by_others: Vec<u32>,
     /// CPUs that could not be brought back.
     pub restore_failures: Vec<String>,
     /// Why real hotplug was skipped, if it was.

@@ -228,8 +228,19 @@ fn run_child(job: &Job, workdir: &Path) -> Result<(RunState, Vec<String>)> {
     CHILD.store(0, Ordering::SeqCst);
 
     // Whatever happened: every CPU that was online before is online again, no cgroup left.
+    // Only a real-hotplug run writes CPU online files: a CPU that went offline during any
+    // other run was taken by someone else on this machine (another test's hotplug), and is
+    // theirs to bring back.
     let mut notes = Vec::new();
+    let real = job.plan.hotplug == HotplugMode::Real;
     for c in initial_online.iter().copied().filter(|&c| c != 0 && !cpu::is_online(c)) {
+        if !real {
+            notes.push(format!(
+                "cpu{c} went offline during the run, not by this run (hotplug {}): left as it is",
+                job.plan.hotplug.name()
+            ));
+            continue;
+        }
         match cpu::set_online(c, true) {
             Ok(()) => notes.push(format!("cpu{c} was left offline by the run process; the supervisor brought it back")),
             Err(e) => notes.push(format!("cpu{c} is offline and could not be brought back: {e}")),
@@ -411,11 +422,18 @@ pub fn run_and_evaluate(job: &Job, replay_dir: Option<&Path>) -> Result<Option<R
     for n in notes {
         if n.contains("left offline") || n.contains("could not be brought back") {
             state.cpus.restore_failures.push(n);
+        } else if n.contains("not by this run") {
+            eprintln!("harness: {n}");
+            state.cpus.cpu_notes.push(n);
         } else {
             eprintln!("harness: {n}");
         }
     }
     state.cpus.final_online = cpu::online_cpus();
+    if job.plan.hotplug != HotplugMode::Real {
+        state.cpus.offline_by_others =
+            state.cpus.initial_online.iter().copied().filter(|c| !state.cpus.final_online.contains(c)).collect();
+    }
     if !state.load_errors.is_empty() && state.cpus.restore_failures.is_empty() {
         for e in &state.load_errors {
             eprintln!("harness: error: {e}");

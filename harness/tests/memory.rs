@@ -30,6 +30,7 @@ fn memory_is_sampled_and_reported_per_library() {
         assert!(at >= last, "samples out of order; {}", r.describe());
         last = at;
         assert!(s["rss_kib"].as_u64().unwrap() > 1024, "{}", r.describe());
+        assert!(s["anon_kib"].as_u64().unwrap() > 0, "{}", r.describe());
         assert_eq!(s["libs_resident"].as_array().unwrap().len(), libs.len(), "{}", r.describe());
     }
     // The plugins have rhp_memory; libpcounters has pcounters_memory or says nothing.
@@ -46,13 +47,13 @@ fn memory_is_sampled_and_reported_per_library() {
     let reloads: Vec<&serde_json::Value> = libs.iter().flat_map(|l| l["reloads"].as_array().unwrap()).collect();
     assert!(!reloads.is_empty(), "{}", r.describe());
     for x in reloads {
-        assert!(x["rss_before_kib"].as_u64().unwrap() > 0 && x["rss_after_kib"].as_u64().unwrap() > 0, "{x}");
+        assert!(x["anon_before_kib"].as_u64().unwrap() > 0 && x["anon_after_kib"].as_u64().unwrap() > 0, "{x}");
     }
     assert!(r.stdout.contains("memory: rss "), "{}", r.describe());
     assert!(r.stdout.contains("over the run (MiB): 0.0 s "), "{}", r.describe());
     assert!(r.stdout.contains("memory held by each library (its own statistics, at the end): "), "{}", r.describe());
     assert!(r.stdout.contains("foreign_rseq ") && r.stdout.contains(" resident / "), "{}", r.describe());
-    assert!(r.stdout.contains("rss across the reloads of "), "{}", r.describe());
+    assert!(r.stdout.contains("anonymous rss across the reloads of "), "{}", r.describe());
     // The event log came back from the run process's log file.
     assert!(!st["events"].as_array().unwrap().is_empty(), "{}", r.describe());
 }

@@ -19,7 +19,7 @@ impl Engine {
         let mut g = slot.state.write().unwrap();
         let Some(old) = g.take() else { return "skipped: not loaded".into() };
         let name = old.p.name().to_string();
-        let rss_before_kib = status_kib("VmRSS:");
+        let anon_before_kib = status_kib("RssAnon:");
         let memory_before = old.p.memory();
         if slot.forced.swap(false, Ordering::SeqCst) {
             old.p.force_fallback(false);
@@ -31,6 +31,7 @@ impl Engine {
         let inc = old.incarnation + 1;
         drop(old);
         let unmapped = !participants::is_mapped(&slot.path);
+        let anon_unloaded_kib = status_kib("RssAnon:");
         slot.info.lock().unwrap().retired.add(&counts);
         let cfg = ctx.setup_config(slot);
         let (load_error, out) = match participants::open_participant(&slot.path, ctx.flags, &cfg) {
@@ -54,8 +55,9 @@ impl Engine {
             unmapped,
             load_error,
             gap_ms: t0.elapsed().as_millis() as u64,
-            rss_before_kib,
-            rss_after_kib: status_kib("VmRSS:"),
+            anon_before_kib,
+            anon_unloaded_kib,
+            anon_after_kib: status_kib("RssAnon:"),
             memory_before,
         });
         out

@@ -49,7 +49,12 @@ impl Sampler {
                 l.p.memory().map(|m| m.resident_bytes)
             })
             .collect();
-        self.state.samples.push(MemorySample { at_ms: now_ms, rss_kib: status_kib("VmRSS:"), libs_resident });
+        self.state.samples.push(MemorySample {
+            at_ms: now_ms,
+            rss_kib: status_kib("VmRSS:"),
+            anon_kib: status_kib("RssAnon:"),
+            libs_resident,
+        });
         if self.state.samples.len() >= MAX_SAMPLES {
             let mut i = 0;
             self.state.samples.retain(|_| {

@@ -386,6 +386,7 @@ pub fn run_job(job: Job) -> RunState {
             offlined: eng.offlined,
             onlined: eng.onlined,
             restore_failures,
+            offline_by_others: Vec::new(),
             hotplug_note: eng.hotplug_note.clone(),
             cpuset_note: eng.cpuset_note.clone(),
             cpuset_hierarchy: cpuset_hierarchy.to_string(),
