@@ -45,6 +45,17 @@
  * - fork: the harness forks mid-run while no rhp_work call of this plugin is running. In the
  *   child, which has only the forking thread, it calls rhp_work a few times and then
  *   rhp_check, and expects the plugin to work there.
+ * - Optional entries (ABI version 1, minor version 1; RHP_ABI_MINOR). The harness looks them
+ *   up with dlsym and does without them when they are absent; their signatures never change
+ *   within ABI version 1 (a changed one would get a new name):
+ *   - rhp_thread_start() is called first thing in every thread the harness creates while
+ *     the plugin is loaded (workers, churn and burst threads, and the threads that create
+ *     them), before any library runs in that thread. It must not block for long, and it
+ *     runs with no rhp_work of any library active on the calling thread. Threads that
+ *     existed before the load (the loading thread: see rhp_setup) do not get it.
+ *   - rhp_memory(resident, reserved) writes the bytes the plugin holds: resident (pages in
+ *     memory) and reserved (address space), either pointer may be NULL. Returns 0, or a
+ *     negative value when it cannot tell. Called at any time from the harness's own threads.
  * - The plugin follows the project's coexistence contract (harness/README.md): it finds
  *   libc's rseq area through `__rseq_offset` / `__rseq_size` looked up at run time, never
  *   registers an area in its own TLS (only libc's reserved one, see
@@ -63,6 +74,10 @@ extern "C" {
 
 /* The version of this ABI. */
 #define RHP_ABI_VERSION 1u
+/* Its minor version: 1 adds the optional entries rhp_thread_start and rhp_memory and the
+ * flags RHP_FLAG_FOREIGN_AREA and RHP_FLAG_NEVER_UNLOAD; a plugin of minor version 0 works
+ * unchanged. */
+#define RHP_ABI_MINOR 1u
 
 /* How the calling thread reaches an rseq area (rhp_counts.thread_mode). */
 enum rhp_mode {
@@ -85,6 +100,19 @@ enum rhp_mode {
  * RHP_MODE_UNAVAILABLE in a process where libc only reserved the area is doing what it
  * promised (its fallback path), and the harness reports it rather than failing the run. */
 #define RHP_FLAG_REGISTERS_RESERVED_AREA (1u << 0)
+
+/* rhp_counts.flags: the plugin breaks the coexistence contract on purpose, as older rseq users
+ * (tcmalloc, librseq before glibc 2.35) do: it registers an rseq area of its own in threads
+ * where nobody registered one, so that libraries that follow the contract get EINVAL there.
+ * Its own modes: RHP_MODE_REGISTERED_BY_US (its own area), RHP_MODE_LIBC_OWNED or
+ * RHP_MODE_REGISTERED_BY_PEER (it found glibc's area registered and uses it), or
+ * RHP_MODE_UNAVAILABLE with the errno. A run expects it with `--foreign-rseq`. */
+#define RHP_FLAG_FOREIGN_AREA (1u << 1)
+
+/* rhp_counts.flags: the plugin must never be unloaded (e.g. threads keep rseq areas or a
+ * rseq_cs pointer into it). The harness leaves it out of the reload disturbance and never
+ * dlcloses it; rhp_teardown is still called at the end of the run. */
+#define RHP_FLAG_NEVER_UNLOAD (1u << 2)
 
 /* Counts since the plugin was loaded (process-wide), plus the calling thread's mode. */
 struct rhp_counts {
@@ -117,6 +145,10 @@ int rhp_work(uint64_t seed);
 int rhp_check(char *msg, size_t len);
 void rhp_report(struct rhp_counts *out);
 void rhp_teardown(void);
+
+/* Optional (minor version 1). */
+void rhp_thread_start(void);
+int rhp_memory(uint64_t *resident_bytes, uint64_t *reserved_bytes);
 
 #ifdef __cplusplus
 }

@@ -365,6 +365,33 @@ API void rhp_report(struct rhp_counts *out)
     }
 }
 
+/* Optional entry (ABI minor 1): the pages of its two arrays that are resident, and their size. */
+API int rhp_memory(uint64_t *resident_bytes, uint64_t *reserved_bytes)
+{
+    if (!rseq_slots || !fallback_slots)
+        return -1;
+    long page = sysconf(_SC_PAGESIZE);
+    size_t pages = (slots_bytes + (size_t)page - 1) / (size_t)page;
+    uint64_t resident = 0;
+    struct slot *arrays[2] = {rseq_slots, fallback_slots};
+    for (int k = 0; k < 2; k++) {
+        for (size_t off = 0; off < pages;) {
+            unsigned char vec[256];
+            size_t n = pages - off < sizeof vec ? pages - off : sizeof vec;
+            if (mincore((char *)arrays[k] + off * (size_t)page, n * (size_t)page, vec) != 0)
+                return -1;
+            for (size_t i = 0; i < n; i++)
+                resident += (vec[i] & 1) ? (uint64_t)page : 0;
+            off += n;
+        }
+    }
+    if (resident_bytes)
+        *resident_bytes = resident;
+    if (reserved_bytes)
+        *reserved_bytes = 2 * (uint64_t)pages * (uint64_t)page; /* mappings are whole pages */
+    return 0;
+}
+
 API void rhp_teardown(void)
 {
     if (rseq_slots)

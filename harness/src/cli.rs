@@ -29,6 +29,27 @@ pub enum Command {
     /// Run a failed run again from its replay file: same scenario, seed, load order and
     /// schedule of events.
     Replay(ReplayArgs),
+    /// Run the scenario again and again with fresh seeds, rotating through registration modes
+    /// x index modes x rtld flags (load orders drawn from each seed; real hotplug when root
+    /// unless --hotplug says otherwise), and end with one aggregated table (--json FILE: the
+    /// aggregate as JSON). Every run option applies to every run. The way to qualify a change.
+    Soak(Box<SoakArgs>),
+}
+
+/// Options of `harness soak`.
+#[derive(Debug, Args, Clone)]
+pub struct SoakArgs {
+    /// Soak this long (minutes, fractions allowed); the run in progress finishes.
+    #[arg(long, value_name = "N")]
+    pub minutes: Option<f64>,
+    /// Stop after N runs (with --minutes: whichever comes first).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u64>,
+    /// Length of each run in seconds [default: --duration, else 30].
+    #[arg(long, value_name = "SECS")]
+    pub run_seconds: Option<f64>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Options of `harness replay`.
@@ -169,6 +190,12 @@ pub struct RunArgs {
     /// Forced fallback periods per second [default: 0.25].
     #[arg(long, value_name = "PER_SEC")]
     pub fallback_toggle_rate: Option<f64>,
+    /// Expect a foreign rseq user (a plugin that registers an rseq area of its own, like
+    /// harness/plugins/foreign_rseq.c, which the default discovery then adds from
+    /// target/harness-plugins/foreign/): the other libraries may get EINVAL under
+    /// --mode reserved and must still keep exact sums.
+    #[arg(long)]
+    pub foreign_rseq: bool,
     /// Quiesced mid-run invariant checks per second [default: 2].
     #[arg(long, value_name = "PER_SEC")]
     pub check_rate: Option<f64>,
@@ -281,6 +308,9 @@ impl RunArgs {
         if self.no_fallback_toggle {
             s.fallback_toggle.enabled = false;
         }
+        if self.foreign_rseq {
+            s.foreign_rseq = true;
+        }
         if let Some(r) = self.check_rate {
             s.checks.rate = r;
             s.checks.enabled = true;
@@ -323,6 +353,32 @@ mod tests {
         assert_eq!(s.index, IndexMode::MmCid);
         assert!(!s.signals.enabled);
         assert_eq!(s.fork.rate, 3.0);
+    }
+
+    #[test]
+    fn soak_subcommand() {
+        let cli = Cli::parse_from([
+            "harness",
+            "soak",
+            "--minutes",
+            "0.2",
+            "--run-seconds",
+            "1.5",
+            "--hotplug",
+            "simulated",
+            "--json",
+            "s.json",
+        ]);
+        match cli.command {
+            Some(Command::Soak(a)) => {
+                assert_eq!(a.minutes, Some(0.2));
+                assert_eq!(a.run_seconds, Some(1.5));
+                assert_eq!(a.runs, None);
+                assert_eq!(a.run.hotplug, Some(HotplugMode::Simulated));
+                assert_eq!(a.run.output.json, Some(PathBuf::from("s.json")));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn registration_mode(st: &RunState) -> Result<Checked, Violation> {
         )),
         RegMode::None if p.probe_errno != libc::ENOSYS => bad(format!(
             "mode none requested but rseq(2) answered {} instead of ENOSYS",
-            if p.probe_errno == 0 { "success".to_string() } else { crate::participant::errno_name(p.probe_errno) }
+            if p.probe_errno == 0 { "success".to_string() } else { crate::participants::errno_name(p.probe_errno) }
         )),
         _ => ok(
             "registration_mode",
@@ -189,19 +189,44 @@ pub fn work_units(st: &RunState) -> Result<Checked, Violation> {
 /// Every thread got the rseq mode the requested registration mode promises.
 pub fn thread_modes(st: &RunState) -> Result<Checked, Violation> {
     let mut samples = 0;
+    let foreign: Vec<&LibState> = st.libs.iter().filter(|l| l.foreign_area).collect();
+    if st.scenario.foreign_rseq && foreign.is_empty() {
+        return Err(violation(
+            st,
+            "thread_modes",
+            "the run".into(),
+            "--foreign-rseq expects a foreign rseq user, but no library registers an area of its own \
+             (RHP_FLAG_FOREIGN_AREA; harness/plugins/foreign_rseq.c is one)"
+                .into(),
+        ));
+    }
     for l in &st.libs {
         if let Some(m) = l.modes.values().find(|m| !m.allowed) {
+            let hint = if !foreign.is_empty() && !st.scenario.foreign_rseq && !l.foreign_area {
+                format!(
+                    "; {} registers an rseq area of its own (a foreign rseq user): run with --foreign-rseq to expect it",
+                    foreign.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                String::new()
+            };
             return Err(violation(
                 st,
                 "thread_modes",
                 place(l),
                 format!(
-                    "{} thread(s) saw mode {} (first: {}), not what mode {} promises{}",
+                    "{} thread(s) saw mode {} (first: {}), not what mode {} promises{}{hint}",
                     m.threads,
                     m.mode,
                     m.first,
                     st.mode.name(),
-                    if l.lazy { " to a library that registers lazily" } else { "" }
+                    if l.foreign_area {
+                        " to a foreign rseq user"
+                    } else if l.lazy {
+                        " to a library that registers lazily"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -210,7 +235,19 @@ pub fn thread_modes(st: &RunState) -> Result<Checked, Violation> {
         }
         samples += l.modes.values().map(|m| m.threads).sum::<u64>();
     }
-    ok("thread_modes", samples, format!("{samples} thread samples, all as mode {} promises", st.mode.name()))
+    let with = if st.scenario.foreign_rseq {
+        let einval: u64 = st
+            .libs
+            .iter()
+            .flat_map(|l| l.modes.values())
+            .filter(|m| m.mode == "unavailable(EINVAL)")
+            .map(|m| m.threads)
+            .sum();
+        format!(" with a foreign rseq user ({einval} samples of unavailable(EINVAL))")
+    } else {
+        String::new()
+    };
+    ok("thread_modes", samples, format!("{samples} thread samples, all as mode {} promises{with}", st.mode.name()))
 }
 
 /// Fallback use agrees with the modes: none without rseq means every operation on the
@@ -306,8 +343,13 @@ pub fn fork_children(st: &RunState) -> Result<Checked, Violation> {
 
 /// Every CPU that was online before the run is online after it.
 pub fn cpus_restored(st: &RunState) -> Result<Checked, Violation> {
-    let missing: Vec<u32> =
-        st.cpus.initial_online.iter().copied().filter(|c| !st.cpus.final_online.contains(c)).collect();
+    let missing: Vec<u32> = st
+        .cpus
+        .initial_online
+        .iter()
+        .copied()
+        .filter(|c| !st.cpus.final_online.contains(c) && !st.cpus.offline_by_others.contains(c))
+        .collect();
     if !missing.is_empty() || !st.cpus.restore_failures.is_empty() {
         return Err(violation(
             st,
@@ -328,10 +370,18 @@ pub fn cpus_restored(st: &RunState) -> Result<Checked, Violation> {
         "cpus_restored",
         st.cpus.offlined,
         format!(
-            "{} offline / {} online operations, online at the end: {}",
+            "{} offline / {} online operations, online at the end: {}{}",
             st.cpus.offlined,
             st.cpus.onlined,
-            rseq::topology::format_cpu_list(&st.cpus.final_online)
+            rseq::topology::format_cpu_list(&st.cpus.final_online),
+            if st.cpus.offline_by_others.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (cpu {} went offline during the run, not by this run)",
+                    rseq::topology::format_cpu_list(&st.cpus.offline_by_others)
+                )
+            }
         ),
     )
 }
@@ -347,7 +397,7 @@ pub fn no_panics(st: &RunState) -> Result<Checked, Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::participant::Counts;
+    use crate::participants::Counts;
     use crate::scenario::{HotplugMode, IndexMode, Scenario};
     use crate::state::*;
 
@@ -401,6 +451,7 @@ mod tests {
             elapsed_ms: 1000,
             interrupted: false,
             engine_priority: String::new(),
+            memory: MemoryState::default(),
         }
     }
 
@@ -447,8 +498,52 @@ mod tests {
         let mut st3 = state(RegMode::Libc);
         st3.cpus.final_online = vec![0];
         assert!(cpus_restored(&st3).unwrap_err().message.contains("cpu 1 still offline"));
+        // Taken by someone else during a run that never offlines a CPU: noted, not broken.
+        st3.cpus.offline_by_others = vec![1];
+        assert!(cpus_restored(&st3).unwrap().detail.contains("not by this run"));
         let mut st4 = state(RegMode::Libc);
-        st4.libs[0].reloads.push(ReloadRecord { at_ms: 1, unmapped: false, load_error: None, gap_ms: 1 });
+        st4.libs[0].reloads.push(ReloadRecord {
+            at_ms: 1,
+            unmapped: false,
+            load_error: None,
+            gap_ms: 1,
+            anon_before_kib: 0,
+            anon_unloaded_kib: 0,
+            anon_after_kib: 0,
+            memory_before: None,
+        });
         assert!(reload(&st4).unwrap_err().message.contains("still mapped"));
+    }
+
+    #[test]
+    fn a_foreign_rseq_user_is_expected_and_named() {
+        // A foreign user in the run, not expected: its name and the option are in the message.
+        let mut st = state(RegMode::Reserved);
+        st.libs[0].modes = [(
+            "unavailable(EINVAL)".to_string(),
+            ModeSeen { mode: "unavailable(EINVAL)".into(), fast: false, allowed: false, threads: 3, first: "t".into() },
+        )]
+        .into();
+        let mut f = st.libs[0].clone();
+        f.name = "foreign_rseq".into();
+        f.kind = "plugin".into();
+        f.foreign_area = true;
+        f.modes = [(
+            "registered-by-us".to_string(),
+            ModeSeen { mode: "registered-by-us".into(), fast: true, allowed: true, threads: 3, first: "t".into() },
+        )]
+        .into();
+        st.libs.push(f);
+        let v = thread_modes(&st).unwrap_err();
+        assert!(v.message.contains("foreign_rseq registers an rseq area of its own"), "{v}");
+        assert!(v.message.contains("--foreign-rseq"), "{v}");
+        // Expected (the modes were judged allowed when sampled): it holds and says so.
+        st.scenario.foreign_rseq = true;
+        st.libs[0].modes.get_mut("unavailable(EINVAL)").unwrap().allowed = true;
+        let ok = thread_modes(&st).unwrap();
+        assert!(ok.detail.contains("3 samples of unavailable(EINVAL)"), "{}", ok.detail);
+        // Expected without one: a violation.
+        st.libs.pop();
+        assert!(thread_modes(&st).unwrap_err().message.contains("expects a foreign rseq user"));
     }
 }

@@ -4,15 +4,15 @@
 //! failures from their seed. See `harness --help`.
 
 mod cli;
-mod counters;
 mod cpu;
+mod disturb;
+mod engine;
 mod invariants;
-mod participant;
-mod plugin;
+mod participants;
 mod report;
-mod run;
 mod scenario;
 mod schedule;
+mod soak;
 mod state;
 mod stuck;
 mod supervisor;
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Some(cli::Command::Replay(r)) => supervisor::replay(&r.file, &r.output),
         Some(cli::Command::Run(a)) => run_cmd(&a),
+        Some(cli::Command::Soak(a)) => soak::soak(&a),
         None => run_cmd(&cli.run),
     };
     match r {

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Job;
 use crate::invariants::{Verdict, Violation};
-use crate::run::Job;
-use crate::state::{LogEntry, RunState};
+use crate::state::{LogEntry, MemorySample, RunState};
 
 /// The full report of a run (`--json FILE`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,12 +102,116 @@ fn cpu_lines(c: &crate::state::CpuState) -> String {
     for note in &c.cpu_notes {
         let _ = write!(o, "\nadded during the run: {note}");
     }
-    let _ = write!(
-        o,
-        "\nmemory: rss {:.1} MiB at the end, peak {:.1} MiB",
+    o
+}
+
+/// Growth of the resident size over the second half of the run, KiB per minute (least
+/// squares over the samples); `None` with fewer than three samples there.
+pub fn rss_trend_kib_per_min(samples: &[MemorySample]) -> Option<f64> {
+    let end = samples.last()?.at_ms;
+    let half: Vec<(f64, f64)> =
+        samples.iter().filter(|s| s.at_ms * 2 >= end).map(|s| (s.at_ms as f64 / 60_000.0, s.rss_kib as f64)).collect();
+    if half.len() < 3 {
+        return None;
+    }
+    let n = half.len() as f64;
+    let (mx, my) = (half.iter().map(|p| p.0).sum::<f64>() / n, half.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = half.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    let sxy: f64 = half.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+fn bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else if b >= 1024 {
+        format!("{:.0} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Memory: resident size at the end, at its peak and over the run, what each library says it
+/// holds, and how the resident size changed across each library's reloads.
+fn memory_lines(st: &RunState) -> String {
+    let c = &st.cpus;
+    let m = &st.memory;
+    let mut o = format!(
+        "memory: rss {:.1} MiB at the end, peak {:.1} MiB",
         c.rss_kib as f64 / 1024.0,
         c.peak_rss_kib as f64 / 1024.0
     );
+    if m.samples.len() >= 2 {
+        let step = m.samples.len().div_ceil(8).max(1);
+        let mut shown: Vec<&MemorySample> = m.samples.iter().step_by(step).collect();
+        if shown.last().map(|s| s.at_ms) != m.samples.last().map(|s| s.at_ms) {
+            shown.extend(m.samples.last());
+        }
+        let pts: Vec<String> = shown
+            .iter()
+            .map(|s| {
+                let at = s.at_ms as f64 / 1000.0;
+                let at = if st.elapsed_ms < 60_000 { format!("{at:.1}") } else { format!("{at:.0}") };
+                format!("{at} s {:.1}", s.rss_kib as f64 / 1024.0)
+            })
+            .collect();
+        let _ = write!(o, "; over the run (MiB): {}", pts.join(", "));
+        if let Some(t) = rss_trend_kib_per_min(&m.samples) {
+            let _ = write!(o, "; trend {t:+.0} KiB/min over the second half");
+        }
+    }
+    let held: Vec<String> = st
+        .libs
+        .iter()
+        .map(|l| match l.memory {
+            Some(mem) => {
+                format!("{} {} resident / {} reserved", l.name, bytes(mem.resident_bytes), bytes(mem.reserved_bytes))
+            }
+            None => format!("{} n/a", l.name),
+        })
+        .collect();
+    if !held.is_empty() {
+        let _ = write!(o, "\nmemory held by each library (its own statistics, at the end): {}", held.join(", "));
+    }
+    for l in &st.libs {
+        let mut d: Vec<i64> = l
+            .reloads
+            .iter()
+            .filter(|r| r.anon_before_kib > 0 && r.anon_after_kib > 0)
+            .map(|r| r.anon_after_kib as i64 - r.anon_before_kib as i64)
+            .collect();
+        if d.is_empty() {
+            continue;
+        }
+        d.sort_unstable();
+        let total: i64 = d.iter().sum();
+        let mut held: Vec<u64> = l.reloads.iter().filter_map(|r| r.memory_before.map(|m| m.resident_bytes)).collect();
+        held.sort_unstable();
+        let held = match held.get(held.len() / 2) {
+            Some(h) => format!(", the copy said it held {} resident (median)", bytes(*h)),
+            None => String::new(),
+        };
+        let mut drop_at_unload: Vec<i64> = l
+            .reloads
+            .iter()
+            .filter(|r| r.anon_before_kib > 0 && r.anon_unloaded_kib > 0)
+            .map(|r| r.anon_unloaded_kib as i64 - r.anon_before_kib as i64)
+            .collect();
+        drop_at_unload.sort_unstable();
+        let at_unload = match drop_at_unload.get(drop_at_unload.len() / 2) {
+            Some(u) => format!("; at the unload: {u:+} KiB (median){held}"),
+            None => String::new(),
+        };
+        let _ = write!(
+            o,
+            "\nanonymous rss across the reloads of {} (after the fresh load minus before the unload): median \
+             {:+} KiB, total {:+} KiB over {} reloads{at_unload}",
+            l.name,
+            d[d.len() / 2],
+            total,
+            d.len()
+        );
+    }
     o
 }
 
@@ -218,6 +322,7 @@ pub fn summary(r: &Report) -> String {
         let _ = writeln!(o, "index used by {}: {used}, asked {}{why}", l.name, st.index.name());
     }
     let _ = writeln!(o, "{}", cpu_lines(&st.cpus));
+    let _ = writeln!(o, "{}", memory_lines(st));
     let _ = writeln!(o, "\n{:<18} {:<6} {:>9}  detail", "invariant", "result", "facts");
     for v in &r.invariants {
         let _ = writeln!(
@@ -251,4 +356,23 @@ pub fn summary(r: &Report) -> String {
         let _ = writeln!(o, "(interrupted by a signal before the end of the scenario)");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_ms: u64, rss_kib: u64) -> MemorySample {
+        MemorySample { at_ms, rss_kib, anon_kib: 0, libs_resident: Vec::new() }
+    }
+
+    #[test]
+    fn rss_trend_over_the_second_half() {
+        // 0-10 s flat at 5000 KiB, then +600 KiB per 10 s: 3600 KiB/min over the second half.
+        let mut v: Vec<MemorySample> = (0..=10).map(|i| sample(i * 1000, 5000)).collect();
+        v.extend((11..=20).map(|i| sample(i * 1000, 5000 + (i - 10) * 60)));
+        let t = rss_trend_kib_per_min(&v).unwrap();
+        assert!((t - 3600.0).abs() < 1.0, "trend {t}");
+        assert_eq!(rss_trend_kib_per_min(&v[..2]), None);
+    }
 }

@@ -239,6 +239,10 @@ pub struct Scenario {
     pub fallback_toggle: FallbackToggle,
     /// Quiesced invariant checks of one library mid-run, per second.
     pub checks: Rated,
+    /// The run includes a foreign rseq user (a plugin with `RHP_FLAG_FOREIGN_AREA` that
+    /// registers an area of its own): under `reserved` the other libraries may find
+    /// registration refused with `EINVAL` and run their fallback path there; sums stay exact.
+    pub foreign_rseq: bool,
 }
 
 impl Default for Scenario {
@@ -264,6 +268,7 @@ impl Default for Scenario {
             reload: Rated::on(0.2),
             fallback_toggle: FallbackToggle::default(),
             checks: Rated::on(2.0),
+            foreign_rseq: false,
         }
     }
 }

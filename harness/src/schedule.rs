@@ -309,6 +309,75 @@ mod tests {
         assert!(p.events.iter().all(|e| e.at_ms < s.duration_ms));
     }
 
+    /// Scenarios, seeds, library counts and hotplug flavours whose plans are pinned in
+    /// `tests/data/schedule-reference.json`.
+    fn reference_cases() -> Vec<(Scenario, u64, usize, HotplugMode)> {
+        let json = |j: &str| -> Scenario { serde_json::from_str(j).expect("reference scenario") };
+        let mut quiet = json(r#"{"duration_ms": 3000}"#);
+        quiet.disable_disturbances();
+        vec![
+            (json(r#"{"duration_ms": 5000}"#), 1, 2, HotplugMode::Real),
+            (json(r#"{"duration_ms": 5000}"#), 0xdead_beef, 3, HotplugMode::Simulated),
+            (json(r#"{}"#), 42, 2, HotplugMode::Real),
+            (
+                json(
+                    r#"{"duration_ms": 4000, "churn": {"alive": 10000}, "fork": {"rate": 3}, "reload": {"rate": 2},
+                        "hotplug": {"rate": 2, "start_offline": false}}"#,
+                ),
+                u64::MAX,
+                4,
+                HotplugMode::Simulated,
+            ),
+            (quiet, 7, 1, HotplugMode::Off),
+        ]
+    }
+
+    /// The same seeds give the same schedules as the code that generated the reference
+    /// (commit 59d20d4, before the harness's layout changed). Set
+    /// `HARNESS_WRITE_SCHEDULE_REFERENCE=1` to write the reference instead of checking it
+    /// (only when a change of the schedules is intended: replay files of older runs then
+    /// replay their own stored schedule, but a seed no longer gives the same run).
+    #[test]
+    fn pinned_plans_of_a_few_seeds() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schedule-reference.json");
+        let mut got = Vec::new();
+        for (s, seed, nlibs, hotplug) in reference_cases() {
+            let plan = generate(&s, seed, nlibs, hotplug);
+            let threads: Vec<u64> =
+                [0, 1, 3, 1000, 1101, 1 << 20, 2 << 20].iter().map(|&id| thread_seed(seed, id)).collect();
+            got.push(serde_json::json!({ "plan": plan, "thread_seeds": threads }));
+        }
+        if std::env::var_os("HARNESS_WRITE_SCHEDULE_REFERENCE").is_some() {
+            let mut text = String::from("[\n");
+            for (i, g) in got.iter().enumerate() {
+                text.push_str(&serde_json::to_string(g).unwrap());
+                text.push_str(if i + 1 < got.len() { ",\n" } else { "\n" });
+            }
+            text.push_str("]\n");
+            std::fs::write(path, text).expect("write the schedule reference");
+            return;
+        }
+        let want: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("read the schedule reference")).unwrap();
+        assert_eq!(want.len(), got.len(), "number of reference cases");
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            let seed = &w["plan"]["seed"];
+            assert_eq!(w["thread_seeds"], g["thread_seeds"], "case {i} (seed {seed}): thread seeds differ");
+            assert_eq!(w["plan"]["load_order"], g["plan"]["load_order"], "case {i} (seed {seed}): load order differs");
+            let (we, ge) = (w["plan"]["events"].as_array().unwrap(), g["plan"]["events"].as_array().unwrap());
+            if let Some(k) = (0..we.len().max(ge.len())).find(|&k| we.get(k) != ge.get(k)) {
+                panic!(
+                    "case {i} (seed {seed}): event {k} differs: reference {:?}, now {:?} ({} vs {} events)",
+                    we.get(k),
+                    ge.get(k),
+                    we.len(),
+                    ge.len()
+                );
+            }
+            assert_eq!(w, g, "case {i} (seed {seed}): plan differs");
+        }
+    }
+
     #[test]
     fn hotplug_cycles_pair_up() {
         let s = Scenario { duration_ms: 20_000, ..Scenario::default() };

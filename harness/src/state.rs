@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::participant::Counts;
+use crate::participants::{Counts, Memory};
 use crate::scenario::{HotplugMode, IndexMode, RegMode, Scenario};
 
 /// Threads that reported one mode for one library.
@@ -50,6 +50,20 @@ pub struct ReloadRecord {
     pub load_error: Option<String>,
     /// How long the library was out of the run, ms.
     pub gap_ms: u64,
+    /// Anonymous resident memory (`RssAnon`: heap and anonymous mappings, not the libraries'
+    /// file pages) of the run process right before the unload, KiB.
+    #[serde(default)]
+    pub anon_before_kib: u64,
+    /// `RssAnon` right after the unload (before the fresh load), KiB: a copy that returns its
+    /// memory at unload shows a drop of about what it held.
+    #[serde(default)]
+    pub anon_unloaded_kib: u64,
+    /// `RssAnon` right after the fresh load (and its setup), KiB.
+    #[serde(default)]
+    pub anon_after_kib: u64,
+    /// What the unloaded copy said it held (its own statistics), if it says.
+    #[serde(default)]
+    pub memory_before: Option<Memory>,
 }
 
 /// What the run established about one library.
@@ -88,6 +102,42 @@ pub struct LibState {
     pub final_unmapped: Option<bool>,
     /// Loaded at the end of the run.
     pub loaded_at_end: bool,
+    /// Registers an rseq area of its own (a foreign rseq user, `RHP_FLAG_FOREIGN_AREA`).
+    #[serde(default)]
+    pub foreign_area: bool,
+    /// Never unloaded (`RHP_FLAG_NEVER_UNLOAD`): left out of the reload disturbance.
+    #[serde(default)]
+    pub never_unload: bool,
+    /// What the library said it held at the end, before the final unload (its own
+    /// statistics: `pcounters_memory`, `rhp_memory`); `None`: it does not say.
+    #[serde(default)]
+    pub memory: Option<Memory>,
+}
+
+/// One sample of the run process's memory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Milliseconds after the workers started.
+    pub at_ms: u64,
+    /// `VmRSS`, KiB.
+    pub rss_kib: u64,
+    /// `RssAnon` (heap and anonymous mappings), KiB.
+    #[serde(default)]
+    pub anon_kib: u64,
+    /// Per library (in the order of `libs`): resident bytes by its own statistics, `None`
+    /// when it does not say (or was being checked or reloaded at that moment).
+    pub libs_resident: Vec<Option<u64>>,
+}
+
+/// Memory over the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryState {
+    /// Samples, oldest first: every `interval_ms` at the start; when they reach the limit,
+    /// every second one is dropped and the interval doubles (a day-long run keeps a few
+    /// hundred).
+    pub samples: Vec<MemorySample>,
+    /// The interval between the samples at the end of the run, ms.
+    pub interval_ms: u64,
 }
 
 /// One fork.
@@ -114,6 +164,10 @@ pub struct CpuState {
     pub offlined: u64,
     /// Successful online operations.
     pub onlined: u64,
+    /// CPUs online at the start and offline at the end of a run that never takes a CPU
+    /// offline itself (hotplug simulated or off): someone else on the machine took them.
+    #[serde(default)]
+    pub offline_by_others: Vec<u32>,
     /// CPUs that could not be brought back.
     pub restore_failures: Vec<String>,
     /// Why real hotplug was skipped, if it was.
@@ -233,6 +287,9 @@ pub struct RunState {
     pub elapsed_ms: u64,
     /// SIGINT/SIGTERM stopped it early.
     pub interrupted: bool,
+    /// Memory over the run.
+    #[serde(default)]
+    pub memory: MemoryState,
     /// The scheduling priority the event thread ran with ("nice -10", or why it kept the
     /// default); the lag of each event is `ran_ms - at_ms` in the event log.
     #[serde(default)]

@@ -7,15 +7,15 @@ use std::io::Write as _;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::OutputArgs;
 use crate::cpu;
+use crate::engine::{self, Job};
 use crate::invariants;
 use crate::report::{self, Report};
-use crate::run::{self, Job};
 use crate::scenario::{HotplugMode, LibSpec, RegMode, Scenario};
 use crate::schedule;
 use crate::state::*;
@@ -35,9 +35,6 @@ pub const EXIT_VIOLATION: u8 = 1;
 pub const EXIT_SETUP: u8 = 2;
 /// Interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// Library files of the project the harness knows how to drive, in discovery order.
-pub const KNOWN_LIBRARIES: &[&str] = &["libpcounters.so"];
 
 /// The cargo target directory this harness was built into (`target/<profile>/harness`, or
 /// `target/<profile>/deps/...` for tests), if it looks like one.
@@ -60,10 +57,11 @@ pub fn find_built(file: &str) -> Option<PathBuf> {
     ["release", "debug"].iter().map(|p| t.join(p).join(file)).find(|p| p.exists())
 }
 
-/// Plugins built by `make -C harness/plugins`: `target/harness-plugins/*.so`.
-pub fn default_plugins() -> Vec<PathBuf> {
+/// Plugins built by `make -C harness/plugins`: `target/<dir>/*.so` (`harness-plugins`, or
+/// `harness-plugins/foreign` for the foreign rseq user).
+pub fn default_plugins(dir: &str) -> Vec<PathBuf> {
     let Some(t) = target_dir() else { return Vec::new() };
-    let Ok(rd) = std::fs::read_dir(t.join("harness-plugins")) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(t.join(dir)) else { return Vec::new() };
     let mut v: Vec<PathBuf> =
         rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "so")).collect();
     v.sort();
@@ -74,7 +72,7 @@ pub fn default_plugins() -> Vec<PathBuf> {
 pub fn resolve_libs(s: &Scenario) -> Result<Vec<LibSpec>> {
     let mut libs = s.libs.clone();
     if libs.is_empty() && !s.no_default_libs {
-        for f in KNOWN_LIBRARIES {
+        for f in crate::participants::registry::default_files() {
             match find_built(f) {
                 Some(p) => libs.push(LibSpec { path: p, config: String::new() }),
                 None => bail!(
@@ -88,7 +86,22 @@ pub fn resolve_libs(s: &Scenario) -> Result<Vec<LibSpec>> {
     }
     let mut plugins = s.plugins.clone();
     if plugins.is_empty() && !s.no_default_libs {
-        plugins = default_plugins().into_iter().map(|p| LibSpec { path: p, config: String::new() }).collect();
+        plugins = default_plugins("harness-plugins")
+            .into_iter()
+            .map(|p| LibSpec { path: p, config: String::new() })
+            .collect();
+        if s.foreign_rseq {
+            // The foreign rseq user is only discovered when the run expects it.
+            let foreign = default_plugins("harness-plugins/foreign");
+            if foreign.is_empty() {
+                bail!(
+                    "--foreign-rseq: no plugin in {}/harness-plugins/foreign/ (build it with `make -C harness/plugins`, \
+                     or name it with --plugin PATH)",
+                    target_dir().map_or("target".into(), |t| t.display().to_string())
+                );
+            }
+            plugins.extend(foreign.into_iter().map(|p| LibSpec { path: p, config: String::new() }));
+        }
     }
     libs.extend(plugins);
     for l in &mut libs {
@@ -132,8 +145,16 @@ pub fn make_job(mut s: Scenario, progress: bool) -> Result<Job> {
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// A SIGINT/SIGTERM/SIGHUP reached the supervisor (a soak stops after the run in progress).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a SIGINT/SIGTERM/SIGHUP reached the supervisor since its first run started.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 extern "C" fn forward_signal(sig: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     // The run process has its own process group: a terminal's Ctrl-C or a signal to this
     // process's group reaches it only through here, exactly once.
     let child = CHILD.load(Ordering::SeqCst);
@@ -207,8 +228,19 @@ fn run_child(job: &Job, workdir: &Path) -> Result<(RunState, Vec<String>)> {
     CHILD.store(0, Ordering::SeqCst);
 
     // Whatever happened: every CPU that was online before is online again, no cgroup left.
+    // Only a real-hotplug run writes CPU online files: a CPU that went offline during any
+    // other run was taken by someone else on this machine (another test's hotplug), and is
+    // theirs to bring back.
     let mut notes = Vec::new();
+    let real = job.plan.hotplug == HotplugMode::Real;
     for c in initial_online.iter().copied().filter(|&c| c != 0 && !cpu::is_online(c)) {
+        if !real {
+            notes.push(format!(
+                "cpu{c} went offline during the run, not by this run (hotplug {}): left as it is",
+                job.plan.hotplug.name()
+            ));
+            continue;
+        }
         match cpu::set_online(c, true) {
             Ok(()) => notes.push(format!("cpu{c} was left offline by the run process; the supervisor brought it back")),
             Err(e) => notes.push(format!("cpu{c} is offline and could not be brought back: {e}")),
@@ -220,7 +252,12 @@ fn run_child(job: &Job, workdir: &Path) -> Result<(RunState, Vec<String>)> {
 
     let state = match std::fs::read(&out_path) {
         Ok(bytes) if status.success() => {
-            serde_json::from_slice::<RunState>(&bytes).context("the run process wrote a bad state")?
+            let mut st = serde_json::from_slice::<RunState>(&bytes).context("the run process wrote a bad state")?;
+            if st.events.is_empty() {
+                // The run process keeps its event log in the file only.
+                st.events = read_log(&log_path);
+            }
+            st
         }
         _ => {
             let why = match (status.code(), status.signal()) {
@@ -248,12 +285,13 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// The event log the run process appended to `path` (JSON lines).
+fn read_log(path: &Path) -> Vec<LogEntry> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 fn crashed_state(job: &Job, why: String, log_path: &Path, initial_online: &[u32]) -> RunState {
-    let events: Vec<LogEntry> = std::fs::read_to_string(log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = read_log(log_path);
     RunState {
         seed: job.plan.seed,
         scenario: job.scenario.clone(),
@@ -297,6 +335,7 @@ fn crashed_state(job: &Job, why: String, log_path: &Path, initial_online: &[u32]
         elapsed_ms: 0,
         interrupted: false,
         engine_priority: String::new(),
+        memory: MemoryState::default(),
     }
 }
 
@@ -348,52 +387,71 @@ pub fn execute(job: Job, out: &OutputArgs) -> Result<u8> {
         println!("  {}. {}", pos + 1, job.libs[i].path.display());
     }
     let _ = std::io::stdout().flush();
+    let Some(rep) = run_and_evaluate(&job, out.replay_dir.as_deref())? else { return Ok(EXIT_SETUP) };
+    print!("{}", report::summary(&rep));
+    if let Some(p) = &out.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(exit_code(&rep))
+}
 
+/// The exit code of a finished run.
+pub fn exit_code(rep: &Report) -> u8 {
+    if !rep.passed {
+        EXIT_VIOLATION
+    } else if rep.state.interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Runs a job in the run process, evaluates every invariant and writes the replay file of a
+/// failure (into `replay_dir`, default the current directory). `None`: a library could not
+/// be loaded (said on stderr), the run did not start.
+pub fn run_and_evaluate(job: &Job, replay_dir: Option<&Path>) -> Result<Option<Report>> {
     // Real hotplug runs take turns machine-wide: one run's safety net must not undo another's
     // offline CPU.
     let _hotplug_lock = if job.plan.hotplug == HotplugMode::Real { Some(hotplug_lock()?) } else { None };
     let workdir = std::env::temp_dir().join(format!("rseq-harness-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
-    let r = run_child(&job, &workdir);
+    let r = run_child(job, &workdir);
     let _ = std::fs::remove_dir_all(&workdir);
     let (mut state, notes) = r?;
     for n in notes {
         if n.contains("left offline") || n.contains("could not be brought back") {
             state.cpus.restore_failures.push(n);
+        } else if n.contains("not by this run") {
+            eprintln!("harness: {n}");
+            state.cpus.cpu_notes.push(n);
         } else {
             eprintln!("harness: {n}");
         }
     }
     state.cpus.final_online = cpu::online_cpus();
+    if job.plan.hotplug != HotplugMode::Real {
+        state.cpus.offline_by_others =
+            state.cpus.initial_online.iter().copied().filter(|c| !state.cpus.final_online.contains(c)).collect();
+    }
     if !state.load_errors.is_empty() && state.cpus.restore_failures.is_empty() {
         for e in &state.load_errors {
             eprintln!("harness: error: {e}");
         }
-        return Ok(EXIT_SETUP);
+        return Ok(None);
     }
 
     let (verdicts, violations) = invariants::evaluate(&state);
     let passed = violations.is_empty();
     let mut rep = Report { seed: state.seed, passed, invariants: verdicts, violations, replay_file: None, state };
     if !passed {
-        let dir = out.replay_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-        match report::write_replay(&dir, &job, &rep.violations, &rep.state.events) {
+        let dir = replay_dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        match report::write_replay(&dir, job, &rep.violations, &rep.state.events) {
             Ok(p) => rep.replay_file = Some(p),
             Err(e) => eprintln!("harness: {e:#}"),
         }
     }
-    print!("{}", report::summary(&rep));
-    if let Some(p) = &out.json {
-        std::fs::write(p, serde_json::to_string_pretty(&rep)?)
-            .with_context(|| format!("cannot write {}", p.display()))?;
-    }
-    Ok(if !passed {
-        EXIT_VIOLATION
-    } else if rep.state.interrupted {
-        EXIT_INTERRUPTED
-    } else {
-        EXIT_OK
-    })
+    Ok(Some(rep))
 }
 
 /// `harness replay FILE`.
@@ -416,7 +474,7 @@ pub fn child_main(job_path: &Path) -> Result<()> {
     let job: Job = serde_json::from_slice(&std::fs::read(job_path).context("cannot read the job file")?)
         .context("bad job file")?;
     let out = std::env::var_os(ENV_OUT).map(PathBuf::from).ok_or_else(|| anyhow!("{ENV_OUT} not set"))?;
-    let state = run::run_job(job);
+    let state = engine::run_job(job);
     std::fs::write(&out, serde_json::to_vec(&state)?).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }

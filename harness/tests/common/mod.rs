@@ -34,6 +34,11 @@ pub fn counters_lib() -> PathBuf {
 
 /// Compiles a C plugin with `cc -shared -fPIC -O2 -Wall -Wextra -Werror`.
 pub fn build_plugin(src: &Path, name: &str) -> PathBuf {
+    build_plugin_with(src, name, &[])
+}
+
+/// Compiles a C plugin with `cc -shared -fPIC -O2 -Wall -Wextra -Werror` and `extra` flags.
+pub fn build_plugin_with(src: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out = tmp().join(format!("lib{name}.so"));
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -43,6 +48,7 @@ pub fn build_plugin(src: &Path, name: &str) -> PathBuf {
         .arg(src)
         .arg("-o")
         .arg(&out)
+        .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
     assert!(o.status.success(), "{cc} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&o.stderr));
@@ -54,6 +60,20 @@ pub fn example_plugin() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         build_plugin(&Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/percpu_counter.c"), "percpu_counter")
+    })
+    .clone()
+}
+
+/// The foreign rseq user `harness/plugins/foreign_rseq.c` (registers areas of its own; never
+/// unloaded, linked with `-z nodelete` as its Makefile does), built here.
+pub fn foreign_plugin() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        build_plugin_with(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/foreign_rseq.c"),
+            "foreign_rseq",
+            &["-Wl,-z,nodelete", "-lpthread"],
+        )
     })
     .clone()
 }
@@ -117,12 +137,13 @@ impl Run {
 /// Runs the harness with `args` plus a JSON report, a private replay directory and no
 /// progress output.
 pub fn run(name: &str, args: &[&str]) -> Run {
+    let args = hotplug_args(args);
     let json = tmp().join(format!("{name}.json"));
     let replay_dir = tmp().join(format!("{name}-replay"));
     let _ = std::fs::remove_file(&json);
     let _ = std::fs::remove_dir_all(&replay_dir);
     let out = Command::new(harness())
-        .args(args)
+        .args(&args)
         .arg("--json")
         .arg(&json)
         .arg("--replay-dir")
@@ -150,8 +171,40 @@ pub fn lib_args() -> Vec<String> {
     ]
 }
 
-/// Whether real hotplug can run here (root and a writable CPU online file other than cpu0).
+/// Whether `HARNESS_TEST_NO_REAL_HOTPLUG` is set: the tests then never take a CPU offline
+/// (on a machine shared with other tests): `auto` and `real` runs become `simulated`, and the
+/// tests that need real hotplug are skipped.
+pub fn no_real_hotplug() -> bool {
+    std::env::var_os("HARNESS_TEST_NO_REAL_HOTPLUG").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `args` with `--hotplug simulated` instead of `auto`/`real` (and added when absent) under
+/// `HARNESS_TEST_NO_REAL_HOTPLUG`; unchanged otherwise.
+pub fn hotplug_args(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if no_real_hotplug() && !v.iter().any(|a| a == "replay") {
+        let mut seen = false;
+        for i in 0..v.len() {
+            if v[i] == "--hotplug" && i + 1 < v.len() {
+                seen = true;
+                if v[i + 1] == "auto" || v[i + 1] == "real" {
+                    v[i + 1] = "simulated".into();
+                }
+            }
+        }
+        if !seen {
+            v.extend(["--hotplug".to_string(), "simulated".to_string()]);
+        }
+    }
+    v
+}
+
+/// Whether real hotplug can run here (root and a writable CPU online file other than cpu0),
+/// and is not switched off for the tests (`HARNESS_TEST_NO_REAL_HOTPLUG`).
 pub fn real_hotplug_possible() -> bool {
+    if no_real_hotplug() {
+        return false;
+    }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     root && std::fs::read_dir("/sys/devices/system/cpu").is_ok_and(|d| {

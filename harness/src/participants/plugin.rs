@@ -1,17 +1,22 @@
 //! The generic adapter for plugins written against `harness/include/rseq_harness_plugin.h`.
 
 use std::ffi::{c_char, c_int, CStr, CString};
+use std::mem::ManuallyDrop;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use libloading::os::unix::Library;
 
-use crate::participant::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
+use super::{CheckOk, Counts, Memory, Participant, SetupConfig, ThreadMode};
 
 /// `RHP_ABI_VERSION` of the header this harness was written against.
 pub const RHP_ABI_VERSION: u32 = 1;
 /// `RHP_FLAG_REGISTERS_RESERVED_AREA`.
 pub const RHP_FLAG_REGISTERS_RESERVED_AREA: u32 = 1;
+/// `RHP_FLAG_FOREIGN_AREA`: registers an rseq area of its own (breaks the contract on purpose).
+pub const RHP_FLAG_FOREIGN_AREA: u32 = 1 << 1;
+/// `RHP_FLAG_NEVER_UNLOAD`: must never be unloaded.
+pub const RHP_FLAG_NEVER_UNLOAD: u32 = 1 << 2;
 
 /// `struct rhp_counts`.
 #[repr(C)]
@@ -44,17 +49,38 @@ type WorkFn = unsafe extern "C" fn(u64) -> c_int;
 type CheckFn = unsafe extern "C" fn(*mut c_char, usize) -> c_int;
 type ReportFn = unsafe extern "C" fn(*mut RhpCounts);
 type TeardownFn = unsafe extern "C" fn();
+type ThreadStartFn = unsafe extern "C" fn();
+type MemoryFn = unsafe extern "C" fn(*mut u64, *mut u64) -> c_int;
 
-/// A loaded plugin. The function pointers stay valid while `_lib` is alive (it is dropped
-/// last, after `teardown`).
+/// A loaded plugin. The function pointers stay valid while `lib` is alive (it is dropped
+/// last, after `teardown`; never for a plugin with `RHP_FLAG_NEVER_UNLOAD`).
 pub struct PluginAdapter {
     name: String,
     work: WorkFn,
     check: CheckFn,
     report: ReportFn,
     teardown: TeardownFn,
+    thread_start: Option<ThreadStartFn>,
+    memory: Option<MemoryFn>,
     lazy: bool,
-    _lib: Library,
+    flags: u32,
+    lib: ManuallyDrop<Library>,
+}
+
+impl Drop for PluginAdapter {
+    fn drop(&mut self) {
+        if self.flags & RHP_FLAG_NEVER_UNLOAD == 0 {
+            // SAFETY: dropped once, here; nothing of the plugin is called afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.lib) };
+        }
+        // A plugin that must stay loaded keeps its handle: dlclose is never called on it.
+    }
+}
+
+fn optional<T: Copy>(lib: &Library, name: &str) -> Option<T> {
+    let cname = format!("{name}\0");
+    // SAFETY: the symbol is used with the C type the plugin ABI header gives it.
+    unsafe { lib.get::<T>(cname.as_bytes()) }.ok().map(|s| *s)
 }
 
 fn symbol<T: Copy>(lib: &Library, path: &Path, name: &str) -> Result<T> {
@@ -80,6 +106,8 @@ impl PluginAdapter {
         let check: CheckFn = symbol(&lib, path, "rhp_check")?;
         let report: ReportFn = symbol(&lib, path, "rhp_report")?;
         let teardown: TeardownFn = symbol(&lib, path, "rhp_teardown")?;
+        let thread_start: Option<ThreadStartFn> = optional(&lib, "rhp_thread_start");
+        let memory: Option<MemoryFn> = optional(&lib, "rhp_memory");
         // SAFETY: the ABI says the name is a constant NUL-terminated string (NULL checked).
         let name = unsafe {
             let p = name_fn();
@@ -109,8 +137,11 @@ impl PluginAdapter {
             check,
             report,
             teardown,
+            thread_start,
+            memory,
             lazy: counts.flags & RHP_FLAG_REGISTERS_RESERVED_AREA != 0,
-            _lib: lib,
+            flags: counts.flags,
+            lib: ManuallyDrop::new(lib),
         })
     }
 
@@ -212,4 +243,36 @@ impl Participant for PluginAdapter {
         // SAFETY: ABI function; the harness calls it once, with nothing else of the plugin running.
         unsafe { (self.teardown)() }
     }
+
+    fn has_thread_start(&self) -> bool {
+        self.thread_start.is_some()
+    }
+
+    fn thread_start(&self) {
+        if let Some(f) = self.thread_start {
+            // SAFETY: optional ABI function, called on a thread the harness just created.
+            unsafe { f() }
+        }
+    }
+
+    fn foreign_area(&self) -> bool {
+        self.flags & RHP_FLAG_FOREIGN_AREA != 0
+    }
+
+    fn never_unload(&self) -> bool {
+        self.flags & RHP_FLAG_NEVER_UNLOAD != 0
+    }
+
+    fn memory(&self) -> Option<Memory> {
+        let f = self.memory?;
+        let (mut resident, mut reserved) = (0u64, 0u64);
+        // SAFETY: optional ABI function writing two u64.
+        let r = unsafe { f(&mut resident, &mut reserved) };
+        (r == 0).then_some(Memory { resident_bytes: resident, reserved_bytes: reserved })
+    }
+}
+
+/// The registry's constructor of this adapter.
+pub fn open(lib: Library, path: &Path, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
+    Ok(Box::new(PluginAdapter::new(lib, path, cfg)?))
 }

@@ -14,7 +14,7 @@ use libloading::os::unix::Library;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::participant::{CheckOk, Counts, Participant, SetupConfig, ThreadMode};
+use super::{CheckOk, Counts, Memory, Participant, SetupConfig, ThreadMode};
 use crate::scenario::IndexMode;
 
 const OK: c_int = 0;
@@ -68,6 +68,7 @@ type StatsFn = unsafe extern "C" fn(*mut RseqStats) -> c_int;
 type ForceFn = unsafe extern "C" fn(c_int) -> c_int;
 type StrerrorFn = unsafe extern "C" fn(c_int) -> *const c_char;
 type VersionFn = unsafe extern "C" fn() -> *const c_char;
+type MemoryFn = unsafe extern "C" fn(*mut u64, *mut u64) -> c_int;
 
 struct Api {
     create: CreateFn,
@@ -83,6 +84,8 @@ struct Api {
     stats: StatsFn,
     force: ForceFn,
     strerror: StrerrorFn,
+    /// `pcounters_memory`, in libraries that have it (looked up optionally).
+    memory: Option<MemoryFn>,
 }
 
 /// One loaded copy of libpcounters and the adapter's ledger.
@@ -126,6 +129,8 @@ impl CountersAdapter {
             stats: symbol(&lib, path, "pcounters_rseq_stats")?,
             force: symbol(&lib, path, "pcounters_force_fallback")?,
             strerror: symbol(&lib, path, "pcounters_strerror")?,
+            // SAFETY: the symbol is used with the C type pcounters.h gives it.
+            memory: unsafe { lib.get::<MemoryFn>(b"pcounters_memory\0") }.ok().map(|s| *s),
         };
         let version: VersionFn = symbol(&lib, path, "pcounters_version")?;
         // SAFETY: a static NUL-terminated string per pcounters.h (NULL checked).
@@ -404,6 +409,14 @@ impl Participant for CountersAdapter {
         }
     }
 
+    fn memory(&self) -> Option<Memory> {
+        let f = self.api.memory?;
+        let (mut resident, mut reserved) = (0u64, 0u64);
+        // SAFETY: two writable u64, as pcounters.h says.
+        let r = unsafe { f(&mut resident, &mut reserved) };
+        (r == 0).then_some(Memory { resident_bytes: resident, reserved_bytes: reserved })
+    }
+
     fn index_used(&self) -> Option<&'static str> {
         let (_, h) = self.shared.first()?;
         let mut idx: c_int = -1;
@@ -502,4 +515,9 @@ impl Participant for CountersAdapter {
         // Nothing to free: the counters go away with the library's registry at the unload,
         // which is what `fresh_after_reload` checks on the next load.
     }
+}
+
+/// The registry's constructor of this adapter.
+pub fn open(lib: Library, path: &Path, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
+    Ok(Box::new(CountersAdapter::new(lib, path, cfg)?))
 }

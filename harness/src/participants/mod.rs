@@ -1,5 +1,13 @@
-//! How the harness uses a library: the [`Participant`] trait, implemented by the counters
-//! adapter and by the generic C plugin adapter, and opening a `.so` by path.
+//! How the harness uses a library: the [`Participant`] trait that every adapter implements,
+//! what a participant reports (thread modes, counts, checks), and opening a `.so` by path.
+//! One file per kind of library (`counters.rs`: libpcounters; `plugin.rs`: any plugin of
+//! the `rhp_` ABI); `registry.rs` maps a loaded library to its adapter.
+
+pub mod counters;
+pub mod plugin;
+pub mod registry;
+
+pub use registry::open_participant;
 
 use std::path::{Path, PathBuf};
 
@@ -58,9 +66,26 @@ impl ThreadMode {
     /// Whether a library that reports this mode does what the requested registration mode
     /// promises. `lazy`: the library registers libc's reserved area itself; `forced`: its
     /// fallback was forced at some point of the run.
-    pub fn allowed(self, mode: RegMode, lazy: bool, forced: bool) -> bool {
+    /// `foreign`: whether a foreign rseq user is expected in the process, or this library
+    /// is one.
+    pub fn allowed(self, mode: RegMode, lazy: bool, forced: bool, foreign: Foreign) -> bool {
         if self == ThreadMode::Disabled {
             return forced;
+        }
+        if foreign == Foreign::ThisLibrary {
+            // Its own area, or glibc's area registered by someone else, or no rseq at all.
+            return match mode {
+                RegMode::Libc => self == ThreadMode::LibcOwned,
+                RegMode::Reserved => matches!(self, ThreadMode::RegisteredByUs | ThreadMode::RegisteredByPeer),
+                RegMode::None => self == ThreadMode::Unavailable { errno: libc::ENOSYS },
+            };
+        }
+        if foreign == Foreign::Expected
+            && mode == RegMode::Reserved
+            && self == (ThreadMode::Unavailable { errno: libc::EINVAL })
+        {
+            // The foreign user registered its own area in this thread first.
+            return true;
         }
         match mode {
             RegMode::Libc => self == ThreadMode::LibcOwned,
@@ -184,6 +209,49 @@ pub trait Participant: Send + Sync {
     fn index_used(&self) -> Option<&'static str> {
         None
     }
+    /// Whether [`Participant::thread_start`] does anything (checked once per load).
+    fn has_thread_start(&self) -> bool {
+        false
+    }
+    /// Called first thing in every thread the harness creates while the library is loaded
+    /// (a plugin's optional `rhp_thread_start`).
+    fn thread_start(&self) {}
+    /// The library registers an rseq area of its own where nobody registered one: it breaks
+    /// the coexistence contract on purpose (an older tcmalloc or librseq), so that the others
+    /// get `EINVAL` in those threads.
+    fn foreign_area(&self) -> bool {
+        false
+    }
+    /// The library must never be unloaded (it is left out of the reload disturbance, and its
+    /// handle is never closed).
+    fn never_unload(&self) -> bool {
+        false
+    }
+    /// The bytes the library holds, by its own statistics; `None` when it cannot say.
+    fn memory(&self) -> Option<Memory> {
+        None
+    }
+}
+
+/// Memory a library holds, as it reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Bytes resident in memory.
+    pub resident_bytes: u64,
+    /// Address space reserved.
+    pub reserved_bytes: u64,
+}
+
+/// Whether a library's thread modes are judged with a foreign rseq user in the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Foreign {
+    /// No foreign rseq user is expected.
+    No,
+    /// The run expects one (`--foreign-rseq`): contract-following libraries may find another
+    /// area registered (`EINVAL`) under `reserved` and run their fallback there.
+    Expected,
+    /// This library is the foreign rseq user.
+    ThisLibrary,
 }
 
 /// `dlopen` flags of a run.
@@ -205,42 +273,6 @@ pub fn open_library(path: &Path, flags: i32) -> Result<Library> {
     unsafe { Library::open(Some(path), flags) }.with_context(|| format!("cannot load library {}", path.display()))
 }
 
-/// Which API a shared object exports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LibKind {
-    /// `pcounters_*` (libs/counters).
-    Counters,
-    /// `rhp_*` (a harness plugin).
-    Plugin,
-}
-
-/// Looks at a loaded library's exports to tell what it is.
-pub fn detect_kind(lib: &Library, path: &Path) -> Result<LibKind> {
-    // SAFETY: only the presence of the symbols is tested; nothing is called.
-    let has = |name: &[u8]| unsafe { lib.get::<*const libc::c_void>(name).is_ok() };
-    if has(b"rhp_plugin_abi_version\0") {
-        Ok(LibKind::Plugin)
-    } else if has(b"pcounters_create\0") {
-        Ok(LibKind::Counters)
-    } else {
-        Err(anyhow!(
-            "{} exports neither the harness plugin ABI (rhp_plugin_abi_version, see harness/include/rseq_harness_plugin.h) \
-             nor a known library API (pcounters_create)",
-            path.display()
-        ))
-    }
-}
-
-/// Opens `path` and makes a participant of it (setup included).
-pub fn open_participant(path: &Path, flags: i32, cfg: &SetupConfig) -> Result<Box<dyn Participant>> {
-    let lib = open_library(path, flags)?;
-    match detect_kind(&lib, path)? {
-        LibKind::Plugin => Ok(Box::new(crate::plugin::PluginAdapter::new(lib, path, cfg)?)),
-        LibKind::Counters => Ok(Box::new(crate::counters::CountersAdapter::new(lib, path, cfg)?)),
-    }
-}
-
 /// Whether a file is still mapped into this process (after `dlclose`).
 pub fn is_mapped(path: &Path) -> bool {
     let canon: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -256,17 +288,30 @@ mod tests {
     #[test]
     fn expected_modes() {
         use ThreadMode::*;
-        assert!(LibcOwned.allowed(RegMode::Libc, true, false));
-        assert!(!RegisteredByUs.allowed(RegMode::Libc, true, false));
-        assert!(!Disabled.allowed(RegMode::Libc, true, false));
-        assert!(Disabled.allowed(RegMode::Libc, true, true));
-        assert!(RegisteredByPeer.allowed(RegMode::Reserved, true, false));
-        assert!(!Unavailable { errno: 0 }.allowed(RegMode::Reserved, true, false));
-        assert!(Unavailable { errno: 0 }.allowed(RegMode::Reserved, false, false));
-        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false));
-        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, true, false));
-        assert!(!Unavailable { errno: 0 }.allowed(RegMode::None, true, false));
-        assert!(!LibcOwned.allowed(RegMode::None, false, false));
+        assert!(LibcOwned.allowed(RegMode::Libc, true, false, Foreign::No));
+        assert!(!RegisteredByUs.allowed(RegMode::Libc, true, false, Foreign::No));
+        assert!(!Disabled.allowed(RegMode::Libc, true, false, Foreign::No));
+        assert!(Disabled.allowed(RegMode::Libc, true, true, Foreign::No));
+        assert!(RegisteredByPeer.allowed(RegMode::Reserved, true, false, Foreign::No));
+        assert!(!Unavailable { errno: 0 }.allowed(RegMode::Reserved, true, false, Foreign::No));
+        assert!(Unavailable { errno: 0 }.allowed(RegMode::Reserved, false, false, Foreign::No));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false, Foreign::No));
+        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, true, false, Foreign::No));
+        assert!(!Unavailable { errno: 0 }.allowed(RegMode::None, true, false, Foreign::No));
+        assert!(!LibcOwned.allowed(RegMode::None, false, false, Foreign::No));
         assert_eq!(Unavailable { errno: libc::ENOSYS }.name(), "unavailable(ENOSYS)");
+        // A foreign rseq user: EINVAL is expected of the others under reserved only.
+        let e = Foreign::Expected;
+        assert!(Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, true, false, e));
+        assert!(Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false, e));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Libc, true, false, e));
+        assert!(!Unavailable { errno: libc::EPERM }.allowed(RegMode::Reserved, true, false, e));
+        assert!(RegisteredByUs.allowed(RegMode::Reserved, true, false, e));
+        let f = Foreign::ThisLibrary;
+        assert!(RegisteredByUs.allowed(RegMode::Reserved, false, false, f));
+        assert!(RegisteredByPeer.allowed(RegMode::Reserved, false, false, f));
+        assert!(!Unavailable { errno: libc::EINVAL }.allowed(RegMode::Reserved, false, false, f));
+        assert!(LibcOwned.allowed(RegMode::Libc, false, false, f));
+        assert!(Unavailable { errno: libc::ENOSYS }.allowed(RegMode::None, false, false, f));
     }
 }
