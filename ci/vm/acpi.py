@@ -4,7 +4,7 @@ under TCG.
 Those kernels count a disabled local APIC entry of the MADT as a hot-pluggable CPU only when
 the MADT says so with the Online-Capable flag (MADT revision 5, ACPI 6.3); QEMU 7.2 writes an
 older MADT, so without this the guest sees "2 present CPUs plus 0 hotplug CPUs". The fix
-(measured in shared/research/qemu-kernels.md): take QEMU's own FADT and MADT from a first boot
+(measured on this project's host; see docs/DESIGN.md §8): take QEMU's own FADT and MADT from a first boot
 with the same -smp/maxcpus layout, raise the FADT to revision 6.3 (276 bytes), raise the MADT to
 revision 5 with Online-Capable on every disabled local APIC entry, and hand both to the kernel
 as an early uncompressed cpio (kernel/firmware/acpi/*.aml, CONFIG_ACPI_TABLE_UPGRADE).
