@@ -96,8 +96,10 @@
  *   The library exports only pcounters_* symbols, loads with RTLD_LOCAL in any order next
  *   to other rseq users, and can be dlclose()d and loaded again (no thread-local
  *   destructors, no NODELETE). Handles do not survive an unload: each loaded copy has its
- *   own registry. Do not call into a copy while or after it is unloaded. Its per-CPU
- *   memory (a few pages per CPU that counted) is not returned at unload.
+ *   own registry. Do not call into a copy while or after it is unloaded. At dlclose() a
+ *   copy returns all its memory (table, names, per-CPU pages); at process exit it keeps it,
+ *   so threads still counting while the process exits are safe. What stays per load is
+ *   one exit-handler record and a 32-byte semaphore that tells exit from dlclose.
  *
  * NAMES
  *

@@ -49,9 +49,10 @@
 //! there, independently of the parent; the registry lock is held across `fork`, so the
 //! child may create and delete counters. The library keeps no thread-local destructors and
 //! can be unloaded with `dlclose` and loaded again; handles of an unloaded copy mean nothing
-//! to the next one. Its per-CPU memory (a few pages per CPU that counted) is not returned
-//! at unload: a destructor cannot tell `dlclose` from `exit`, when other threads may still
-//! be counting.
+//! to the next one. At `dlclose` the copy returns its memory (table, names, per-CPU pool);
+//! at process exit, when other threads may still be counting, it keeps it — an exit
+//! handler registered by the first create tells the two apart (see `unload.rs`). What
+//! stays per load is that handler's record and its 32-byte semaphore.
 
 #![warn(missing_docs)]
 
@@ -61,6 +62,7 @@ pub mod ffi;
 mod lock;
 mod registry;
 mod table;
+mod unload;
 
 pub use error::{validate_name, Error, NAME_MAX};
 pub use rseq::{Index, Mode, Stats};

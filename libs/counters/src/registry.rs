@@ -162,6 +162,7 @@ pub(crate) fn create(name: &str, index: Index) -> Result<u64, Error> {
     // before any add, so that adds from signal handlers never call into the dynamic linker.
     let index = index.resolve();
     let mut r = REGISTRY.lock();
+    crate::unload::register_exit_mark();
     if r.names.contains_key(name) {
         return Err(Error::Exists);
     }
@@ -260,6 +261,33 @@ pub(crate) fn memory() -> (u64, u64) {
         Some(pool) => (pool.resident_bytes() as u64 + chunks, pool.reserved_bytes() as u64 + chunks),
         None => (chunks, chunks),
     }
+}
+
+/// At `dlclose` (see [`crate::unload`]): retires every live counter, fences the adds in
+/// flight as a delete does, then frees the table, the names and the per-CPU pool.
+pub(crate) fn release_all() {
+    let mut r = REGISTRY.lock();
+    let mut needed = 0;
+    for slot in 0..r.nslots {
+        if r.slot_names[slot].is_some() {
+            let _ = table::retire(table::handle_of(slot));
+            needed = crate::fence::needed();
+        }
+    }
+    table::unpublish_chunks();
+    if needed != 0 {
+        crate::fence::complete(needed);
+    }
+    for slot in 0..r.nslots {
+        table::wait_for_fallback_adds_raw(slot);
+    }
+    // SAFETY: the chunks are unpublished, and no add is in flight any more.
+    unsafe { table::free_chunks(r.nslots) };
+    r.pool = None;
+    r.nslots = 0;
+    r.names = HashMap::with_hasher(BuildHasherDefault::new());
+    r.slot_names = Vec::new();
+    r.quarantine = VecDeque::new();
 }
 
 /// Number of live counters.

@@ -270,7 +270,12 @@ pub(crate) fn park_fallback_adds(on: Option<bool>) -> u64 {
 /// flight: each CPU copy of its in-flight count is seen at zero once, after the caller's
 /// `DEAD` store (adds that raise later see `DEAD` and back out at once).
 pub(crate) fn wait_for_fallback_adds(slot: usize) {
-    let Some(e) = entry(slot) else { return };
+    if let Some(e) = entry(slot) {
+        wait_inflight_zero(e);
+    }
+}
+
+fn wait_inflight_zero(e: &Entry) {
     let inflight = e.inflight();
     for cpu in 0..inflight.ncpus() as usize {
         // SAFETY: `cpu < ncpus`: a live pool word.
@@ -303,6 +308,46 @@ pub(crate) fn reset_inflight_in_child(nslots: usize) {
             if count.load(Ordering::Relaxed) != 0 {
                 count.store(0, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// Chunks taken out of the table by [`unpublish_chunks`], for [`free_chunks`].
+static UNPUBLISHED: [AtomicPtr<Entry>; NCHUNKS] = [const { AtomicPtr::new(ptr::null_mut()) }; NCHUNKS];
+
+/// Removes every chunk from the table (adds and reads find no counter any more), keeping
+/// them for [`wait_for_fallback_adds_raw`] and [`free_chunks`]. Caller holds the registry
+/// lock.
+pub(crate) fn unpublish_chunks() {
+    for (k, c) in CHUNKS.iter().enumerate() {
+        UNPUBLISHED[k].store(c.swap(ptr::null_mut(), Ordering::AcqRel), Ordering::Relaxed);
+    }
+}
+
+fn unpublished_entry(slot: usize) -> Option<&'static Entry> {
+    let chunk = UNPUBLISHED.get(slot >> CHUNK_BITS)?.load(Ordering::Relaxed);
+    // SAFETY: an unpublished chunk is still allocated until `free_chunks`.
+    (!chunk.is_null()).then(|| unsafe { &*chunk.add(slot & CHUNK_MASK) })
+}
+
+/// [`wait_for_fallback_adds`] for a slot of an unpublished chunk.
+pub(crate) fn wait_for_fallback_adds_raw(slot: usize) {
+    if let Some(e) = unpublished_entry(slot) {
+        wait_inflight_zero(e);
+    }
+}
+
+/// Frees the unpublished chunks.
+///
+/// # Safety
+/// [`unpublish_chunks`] ran and no add or read uses an entry any more.
+pub(crate) unsafe fn free_chunks(nslots: usize) {
+    let layout = std::alloc::Layout::new::<[Entry; CHUNK_LEN]>();
+    for c in UNPUBLISHED.iter().take(nslots.div_ceil(CHUNK_LEN)) {
+        let chunk = c.swap(ptr::null_mut(), Ordering::Relaxed);
+        if !chunk.is_null() {
+            // SAFETY: allocated by `alloc_chunk` with this layout; nobody uses it.
+            unsafe { std::alloc::dealloc(chunk.cast(), layout) };
         }
     }
 }
