@@ -350,6 +350,21 @@ fn run<R>(mut attempt: impl FnMut(ThreadArea) -> Step<R>) -> Option<R> {
 /// critical sections.
 #[inline(always)]
 pub unsafe fn percpu_add(words: &PercpuArray<u64>, fallback: &PercpuArray<AtomicU64>, amount: u64) -> Path {
+    // One section inline; restarts, registration and the fallback out of line, so the common
+    // path stays a handful of instructions without spills.
+    if let Some(area) = ThreadArea::current() {
+        // SAFETY: forwarded contract.
+        if unsafe { area.try_add(words, amount) }.0 == Outcome::Committed {
+            return Path::Rseq;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { percpu_add_slow(words, fallback, amount) }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn percpu_add_slow(words: &PercpuArray<u64>, fallback: &PercpuArray<AtomicU64>, amount: u64) -> Path {
     // SAFETY: forwarded contract.
     if run(|area| Step::of(unsafe { area.try_add(words, amount) }.0, |_| ())).is_some() {
         return Path::Rseq;
