@@ -96,7 +96,7 @@ enum rhp_mode {
 };
 
 /* rhp_counts.flags: the plugin registers libc's reserved area itself when libc did not
- * (design notes, coexistence contract step 3). Without this flag, a plugin that reports
+ * (docs/DESIGN.md §2, coexistence contract step 3). Without this flag, a plugin that reports
  * RHP_MODE_UNAVAILABLE in a process where libc only reserved the area is doing what it
  * promised (its fallback path), and the harness reports it rather than failing the run. */
 #define RHP_FLAG_REGISTERS_RESERVED_AREA (1u << 0)

@@ -117,7 +117,7 @@ extern "C" {
 #endif
 
 /* Version of this header; pcounters_version() gives the library's. */
-#define PCOUNTERS_VERSION "0.1.0"
+#define PCOUNTERS_VERSION "0.2.0"
 
 /* ---- Return codes ------------------------------------------------------------------ */
 

@@ -1,4 +1,4 @@
-//! Finding the calling thread's rseq area (design notes §2, "one rseq area per thread").
+//! Finding the calling thread's rseq area (docs/DESIGN.md §2, "one rseq area per thread").
 //!
 //! The area always lives in libc's thread control block at thread pointer + `__rseq_offset`.
 //! When libc registered it (`__rseq_size > 0`) every thread already has it. When libc only

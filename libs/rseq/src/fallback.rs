@@ -3,7 +3,7 @@
 //! restarts.
 //!
 //! These functions only ever touch the *fallback* words of a structure. A non-atomic
-//! critical section and an atomic instruction on the same word lose updates (design notes
+//! critical section and an atomic instruction on the same word lose updates (docs/DESIGN.md
 //! §2), so each structure keeps the two sets apart and combines them on read.
 //!
 //! The copy used is the CPU the thread runs on (`sched_getcpu`), reduced into the array's

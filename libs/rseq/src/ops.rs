@@ -397,7 +397,7 @@ pub unsafe fn percpu_sum(words: &PercpuArray<u64>, fallback: &PercpuArray<Atomic
 /// on a mismatch; both carry the index whose copy was examined and the path taken.
 ///
 /// The two arrays are distinct objects: a structure that needs one shared word for both
-/// paths (a lock) must keep fallback users off it (see the design notes).
+/// paths (a lock) must keep fallback users off it (see docs/DESIGN.md §4).
 ///
 /// # Safety
 /// As for [`percpu_add`].
