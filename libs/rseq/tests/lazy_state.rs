@@ -53,7 +53,9 @@ fn wait_with_limit(pid: libc::pid_t, limit: Duration) -> Option<i32> {
 
 #[test]
 fn fork_during_first_use_leaves_a_usable_child() {
-    const PROCESSES: usize = 40;
+    // The code before the second pass hung in the first process; 16 keep the test short in
+    // emulated guests (ci/vm runs it single-stepped).
+    const PROCESSES: usize = 16;
     let mut forks = 0;
     for p in 0..PROCESSES {
         let (ok, out) = run_role("role_fork_during_first_use", "fork");
@@ -124,7 +126,7 @@ fn role_fork_during_first_use() {
 
 #[test]
 fn force_fallback_racing_the_first_use_wins() {
-    for p in 0..30 {
+    for p in 0..12 {
         let (ok, out) = run_role("role_force_during_first_use", "force");
         assert!(ok, "process {p}:\n{out}");
     }
