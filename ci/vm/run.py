@@ -334,6 +334,7 @@ class KernelCache:
         out = self.cache / "tools" / f"busybox-{self.arch}"
         if out.is_file():
             return out
+        out.parent.mkdir(parents=True, exist_ok=True)
         with open(self.cache / "lock", "w") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
             if out.is_file():
@@ -1540,6 +1541,13 @@ def run_all(o, series, many):
     for tool in tools:
         if not shutil.which(tool):
             raise Fatal(f"{tool} is missing (ci/vm/run.sh installs the host packages)")
+    for an in arches:
+        t = ARCHES[an].target
+        if t:
+            libdir = subprocess.run(["rustc", "--print", "target-libdir", "--target", t], capture_output=True,
+                                    text=True).stdout.strip()
+            if not libdir or not any(Path(libdir).glob("libstd-*")):
+                raise Fatal(f"the Rust target {t} is not installed (rustup target add {t})")
     cache, work = Path(o.cache).resolve(), Path(o.work).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
