@@ -150,7 +150,7 @@ class CrossBuild(unittest.TestCase):
         try:
             g = run.Guest("t", Path("/k"), Path("/i"), 2, 2, "1G", tmp, arch=ARM)
             cmd = " ".join(g.cmd)
-            self.assertTrue(cmd.startswith("qemu-system-aarch64 -M virt -cpu max -accel tcg,thread=single"))
+            self.assertTrue(cmd.startswith("qemu-system-aarch64 -M virt -cpu max,pauth-impdef=on -accel tcg,thread=single"))
             self.assertIn("console=ttyAMA0", cmd)
             self.assertIn("virtserialport,chardev=data,name=data", cmd)
             self.assertNotIn("isa-serial", cmd)
@@ -199,11 +199,12 @@ class Plan(unittest.TestCase):
     def test_the_aarch64_plan_covers_modes_indexes_and_tests_single_stepped(self):
         plan = run.arm_plan(self.payload(), self.options())
         lines = plan.splitlines()
-        self.assertEqual(lines[0], "singlestep on")
+        # the tests that need no restart first, then single-stepping for the others and the harness
+        self.assertEqual(lines[1], "singlestep on")
         self.assertNotIn("singlestep off", plan)
         self.assertNotIn("hotadd_step", plan)
-        steps = [shlex.split(ln) for ln in lines[1:]]
-        self.assertEqual([w[1] for w in steps], ["rseq.ops", "rseq.same_cpu_preemption", "harness.cpu_id",
+        steps = [shlex.split(ln) for ln in lines if ln != "singlestep on"]
+        self.assertEqual([w[1] for w in steps], ["rseq.same_cpu_preemption", "rseq.ops", "harness.cpu_id",
                                                  "harness.mm_cid", "harness.none"])
         modes = set()
         for w in steps[2:]:
@@ -215,6 +216,14 @@ class Plan(unittest.TestCase):
             self.assertEqual(int(w[2]), 6 * 8 + 90)
         self.assertEqual(modes, {("libc", "cpu_id"), ("reserved", "mm_cid"), ("none", "mm_cid")})
         self.assertEqual(run.plan_budget(plan), 2 * 240 + 3 * 138)
+
+    def test_singlestep_on_or_off_applies_to_every_step(self):
+        on = run.arm_plan(self.payload(), self.options(singlestep="on")).splitlines()
+        self.assertEqual(on[0], "singlestep on")
+        self.assertEqual(shlex.split(on[1])[1], "rseq.ops")
+        off = run.arm_plan(self.payload(), self.options(singlestep="off"))
+        self.assertNotIn("singlestep", off)
+        self.assertIn(str(6 * 3 + 90), off)
 
 
 def harness_report(aborts, mode="libc"):
