@@ -1032,8 +1032,10 @@ def arm_plan(pl: Payload, o):
     restarts and the harness runs are single-stepped, the others (NO_SINGLESTEP_TESTS) run
     first without it; with on/off, everything is or is not."""
     def test(name):
+        # same_cpu_preemption prints what it saw (sections, aborts, preemptions inside one)
+        more = ["--nocapture"] if name == "same_cpu_preemption" else []
         return shlex.join(["run_step", f"rseq.{name}", str(o.test_timeout), f"/payload/tests/{name}",
-                           "--test-threads=2"])
+                           "--test-threads=2", *more])
     lines = []
     later = [n for n, _ in pl.tests]
     if o.singlestep == "auto":
@@ -1131,6 +1133,7 @@ def evaluate(boot_res, kernel_info, expect_hotadd, require_aborts=False):
         if s["name"].startswith("rseq."):
             res = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed; (\d+) ignored", out)
             s["notes"].append("; ".join(f"{p} passed, {f} failed, {i} ignored" for _, p, f, i in res) or "no result")
+            s["notes"] += [ln.strip() for ln in out.splitlines() if ln.startswith("same_cpu_preemption: ")]
             s["summary"] = "\n".join(ln for ln in out.splitlines() if ln.startswith(("test ", "failures", "---- ")) and
                                      ("FAILED" in ln or "panicked" in ln or ln.startswith("----")))
         if s["name"].startswith("harness."):

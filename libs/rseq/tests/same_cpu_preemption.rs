@@ -49,7 +49,8 @@ fn a_section_preempted_on_its_own_cpu_aborts() {
     let cpu = *allowed.last().expect("a CPU");
     rseq::topology::set_thread_affinity(&[cpu]).expect("pin the section thread");
     let area = ThreadArea::current().expect("rseq area");
-    if !area.make_usable() {
+    // Registered (a CPU number), or registered now (libc reserved the area only).
+    if area.cpu_id() >= 1 << 31 && !area.make_usable() {
         eprintln!("rseq is not registered in this process: nothing to test");
         rseq::topology::set_thread_affinity(&allowed).expect("restore the affinity");
         return;
@@ -126,7 +127,7 @@ fn a_section_preempted_on_its_own_cpu_aborts() {
     let sum = total(&c);
     let seen = observed.load(Ordering::Relaxed);
     eprintln!(
-        "cpu {cpu}, {spins} spins per section, {n} sections in {:.1} s: {committed} committed, {aborted} aborted \
+        "same_cpu_preemption: cpu {cpu}, {spins} spins per section, {n} sections in {:.1} s: {committed} committed, {aborted} aborted \
          ({aborted_after} of them seen preempted), {seen} preemptions inside a section seen, {} commits after one",
         start.elapsed().as_secs_f64(),
         late.len()
