@@ -1120,7 +1120,7 @@ def evaluate(boot_res, kernel_info, expect_hotadd, require_aborts=False):
         out = files.get(f"out.{s['name']}", b"").decode(errors="replace")
         s["output_tail"] = "\n".join(out.splitlines()[-40:])
         clock = facts.get(f"clocksource.{s['name']}", [""])[0]
-        if clock and clock != "tsc":
+        if clock and clock not in ("tsc", "arch_sys_counter"):  # x86_64's and aarch64's usual ones
             s["notes"].append(f"guest clock source at the end: {clock} (slow reads under TCG)")
         for line in facts.get(f"kernel.{s['name']}", []):
             s["notes"].append(f"guest kernel: {line}")
@@ -1324,6 +1324,18 @@ def print_kernel(kr):
             log(f"    harness summary ({s['name']}):")
             for line in s["summary"].splitlines():
                 log(f"      {line}")
+
+
+def restarts_line(kr):
+    """The rseq restarts of each harness run whose restarts were checked, per library."""
+    parts = []
+    for b in kr["boots"]:
+        for st in b["steps"]:
+            if "aborts" in st:
+                parts.append(f"{st['name'][len('harness.'):]} " + "/".join(
+                    str(v["aborts"]) for v in st["ops"].values()))
+    return f"  restarts ({'/'.join(next((st['ops'] for b in kr['boots'] for st in b['steps'] if 'aborts' in st), {}))}): " \
+        + ", ".join(parts) if parts else ""
 
 
 def print_failures(results):
@@ -1588,7 +1600,8 @@ def run_all(o, series, many):
     for kr in results:
         log(f"{kr.get('arch', 'x86_64'):>7} {kr['series']:>5}  {'PASS' if kr['passed'] else 'FAIL'}  "
             f"{kr['package'].get('release', '?'):<32} "
-            + "  ".join(f"{b['name']} {b['wall_s']} s (boot {b['boot_s']} s)" for b in kr["boots"]))
+            + "  ".join(f"{b['name']} {b['wall_s']} s (boot {b['boot_s']} s)" for b in kr["boots"])
+            + restarts_line(kr))
     log("host: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     print_failures(results)
     ok = all(kr["passed"] for kr in results)

@@ -260,6 +260,19 @@ class Aborts(unittest.TestCase):
         self.assertIn("no restarts in: percpu_counter", s["notes"])
         self.assertIn("operations / rseq restarts: pcounters 100 / 12; percpu_counter 100 / 0", s["notes"])
 
+    def test_the_summary_line_names_the_restarts_of_each_checked_run(self):
+        s = self.step({"pcounters": 3, "percpu_counter": 13})
+        kr = {"boots": [{"steps": [s, {"name": "rseq.ops"}]}]}
+        self.assertEqual(run.restarts_line(kr), "  restarts (pcounters/percpu_counter): cpu_id 3/13")
+        self.assertEqual(run.restarts_line({"boots": [{"steps": [{"name": "rseq.ops"}]}]}), "")
+
+    def test_the_usual_clock_sources_get_no_note(self):
+        for clock, noted in (("tsc", False), ("arch_sys_counter", False), ("hpet", True)):
+            b = self.boot({"pcounters": 1})
+            b["records"].append(f"FACT clocksource.harness.cpu_id {clock}")
+            s = run.evaluate(b, {}, 0, require_aborts=True)[0][0]
+            self.assertEqual(any("clock source" in n for n in s["notes"]), noted, clock)
+
     def test_no_rseq_or_no_single_stepping_or_x86_64_requires_nothing(self):
         self.assertEqual(self.step({"pcounters": 0}, mode="none")["problems"], [])
         self.assertEqual(self.step({"pcounters": 0}, singlestep=False)["problems"], [])
