@@ -226,6 +226,15 @@ class Plan(unittest.TestCase):
         self.assertIn(str(6 * 3 + 90), off)
 
 
+class Series(unittest.TestCase):
+    def test_short_all_runs_arm64_on_7_3_only_unless_told(self):
+        every = ["6.1", "6.12", "7.3"]
+        self.assertEqual(run.aarch64_series(True, "all", every, None), ["7.3"])
+        self.assertEqual(run.aarch64_series(False, "all", every, None), every)
+        self.assertEqual(run.aarch64_series(True, "aarch64", every, None), every)
+        self.assertEqual(run.aarch64_series(True, "all", every, "6.1, 7.3"), ["6.1", "7.3"])
+
+
 def harness_report(aborts, mode="libc"):
     libs = [{"name": n, "modes": {"0": {"mode": "libc-owned"}}, "counts": {"ops": 100, "aborts": a,
                                                                          "fallback_ops": 0}}
