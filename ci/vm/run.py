@@ -500,7 +500,7 @@ def elf_deps(path: Path, arch: Arch):
             seen.add(m.group(1))
             out.append((str(lib / os.path.basename(m.group(1))), m.group(1)))
         for n in re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", text):
-            if n in seen:
+            if n in seen or n.startswith("ld-linux"):  # the loader: in place at its PT_INTERP path
                 continue
             seen.add(n)
             src = lib / n

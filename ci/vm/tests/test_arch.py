@@ -173,6 +173,7 @@ class CrossBuild(unittest.TestCase):
             self.assertIn("/lib/ld-linux-aarch64.so.1", deps)
             self.assertIn("/lib/aarch64-linux-gnu/libc.so.6", deps)
             self.assertIn("/lib/aarch64-linux-gnu/libm.so.6", deps)
+            self.assertNotIn("/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", deps)  # libc's NEEDED loader
             for g, h in deps.items():
                 self.assertTrue(Path(h).exists(), h)
                 self.assertTrue(h.startswith("/usr/aarch64-linux-gnu/lib/"), h)
