@@ -296,7 +296,10 @@ class KernelCache:
         version = debname.split("_")[1].replace("%3a", ":")
         dest = self.kdir / debname[: -len(".deb")]
         if (dest / "vmlinuz").is_file() and (dest / "info.json").is_file():
-            return dest / "vmlinuz", json.loads((dest / "info.json").read_text())
+            d = json.loads((dest / "info.json").read_text())
+            # arm64 entries need the virtio modules (kept since aarch64 6.1 needed them)
+            if self.arch == "amd64" or "modules" in d:
+                return dest / "vmlinuz", d
         log(f"kernels: downloading {name} {version} ({size / 1e6:.0f} MB)")
         tmp = self.kdir / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -318,12 +321,14 @@ class KernelCache:
         part = self.kdir / (dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
-        release = extract_kernel(deb, part)
+        release = extract_kernel(deb, part, modules=self.arch != "amd64")
         if release is None:
             raise Fatal(f"kernel {k.series}: {debname} holds no vmlinuz (boot/vmlinuz-* or "
                         "usr/lib/modules/*/vmlinuz)")
         info = {"series": k.series, "arch": self.arch, "package": name, "version": version, "release": release,
                 "deb": debname, "url": url, "fetched": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.arch != "amd64":
+            info["modules"] = sorted(m.name for m in (part / "modules").glob("*.ko"))
         (part / "info.json").write_text(json.dumps(info, indent=1))
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
@@ -382,16 +387,31 @@ def extract_member(deb: Path, name: str):
     return data
 
 
-def extract_kernel(deb: Path, dest: Path):
+# Modules the guest loads when the kernel has them as modules (6.1's arm64 cloud kernel: the
+# data channel's virtio serial port needs virtio_pci and virtio_console), with their
+# dependencies from modules.dep.
+GUEST_MODULES = ("virtio_pci", "virtio_console")
+
+
+def extract_kernel(deb: Path, dest: Path, modules=False):
     """Copies the kernel image (and its config when the package has it) out of a kernel .deb
-    into dest/vmlinuz and dest/config; returns the kernel release or None."""
+    into dest/vmlinuz and dest/config; with modules, also modules.dep and the virtio modules
+    (uncompressed ones only) into dest/modules/. Returns the kernel release or None."""
     p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     release = None
+    if modules:
+        (dest / "modules").mkdir()
     with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
         for m in tf:
             if not m.isfile():
                 continue
             n = m.name.lstrip("./")
+            mod = re.fullmatch(r"(?:usr/)?lib/modules/[^/]+/(modules\.dep|kernel/drivers/(?:virtio|char)/virtio[^/]*\.ko)",
+                               n)
+            if modules and mod:
+                with tf.extractfile(m) as src, open(dest / "modules" / os.path.basename(n), "wb") as out:
+                    shutil.copyfileobj(src, out)
+                continue
             mb = re.fullmatch(r"boot/(vmlinuz|config)-(.+)", n)
             mm = re.fullmatch(r"usr/lib/modules/([^/]+)/(vmlinuz|config)", n)
             if mb:
@@ -561,6 +581,35 @@ def stripped(path: Path, stage: Path, objcopy="objcopy") -> bytes:
         if subprocess.run([objcopy, "--strip-debug", str(path), str(dst)]).returncode == 0:
             return dst.read_bytes()
     return path.read_bytes()
+
+
+def module_order(moddir: Path, wanted=GUEST_MODULES):
+    """The .ko files to insmod, in order (dependencies first), for the wanted modules that the
+    kernel has as modules; [] where they are built in (not in modules.dep)."""
+    dep = moddir / "modules.dep"
+    if not dep.is_file():
+        return []
+    deps = {}
+    for line in dep.read_text().splitlines():
+        k, _, v = line.partition(":")
+        deps[os.path.basename(k)] = [os.path.basename(x) for x in v.split()]
+    order = []
+
+    def add(ko):
+        if ko in order:
+            return
+        # modules.dep lists every dependency, nearest first: load from the far end
+        for d in reversed(deps.get(ko, [])):
+            add(d)
+        order.append(ko)
+
+    for w in wanted:
+        if f"{w}.ko" in deps:
+            add(f"{w}.ko")
+    missing = [k for k in order if not (moddir / k).is_file()]
+    if missing:
+        raise Fatal(f"modules {', '.join(missing)} are listed in {dep} but were not extracted")
+    return order
 
 
 def build_initramfs(pl: Payload, work: Path, arch: Arch = None, busybox=None) -> Path:
@@ -1487,6 +1536,12 @@ def run_arch(o, arch, series, many, cache, work, deadline, timings, several):
         kr = {"arch": arch.name, "series": s, "package": info, "boots": []}
         layouts = [("main", o.smp, maxcpus_main, main_plan(pl, o) if arch.hotadd else arm_plan(pl, o))] + \
                   [(f"smp{n}", n, n, many_plan(pl, o, n)) for n in many]
+        mods = module_order(vml.parent / "modules")
+        # /init loads these before it looks for the data channel
+        modules = [(f"modules/{k}", (vml.parent / "modules" / k).read_bytes(), 0o644) for k in mods]
+        if mods:
+            modules.append(("modules/order", "".join(f"{k}\n" for k in mods).encode(), 0o644))
+            log(f"   {s}: modules for the guest: {' '.join(mods)}")
         for bname, smp, maxcpus, plan in layouts:
             rundir = arch.workdir(work) / s / bname
             rundir.mkdir(parents=True, exist_ok=True)
@@ -1498,7 +1553,7 @@ def run_arch(o, arch, series, many, cache, work, deadline, timings, several):
                     acpi_note = "ACPI override: FADT 6.3, MADT 5 online-capable"
                 with open(base, "rb") as b:
                     shutil.copyfileobj(b, f)
-                f.write(small_cpio([("plan.sh", plan.encode(), 0o644)]))
+                f.write(small_cpio([("plan.sh", plan.encode(), 0o644)] + modules))
             (rundir / "plan.sh").write_text(plan)
             budget = 30 + 2 * smp + plan_budget(plan) + 60
             mem = mem_for(maxcpus)

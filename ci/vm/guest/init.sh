@@ -30,6 +30,13 @@ if mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null; then
     mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified 2>/dev/null || rmdir /sys/fs/cgroup/unified
   fi
 fi
+# Kernels that have the data channel's drivers as modules (6.1 on arm64: virtio_pci,
+# virtio_console): the host put them in /modules, dependencies first.
+if [ -f /modules/order ]; then
+  for m in $(cat /modules/order); do insmod "/modules/$m" || echo "=== insmod $m failed"; done
+  i=0
+  while [ "$i" -lt 50 ] && ! grep -qs '^data$' /sys/class/virtio-ports/*/name; do usleep 100000; i=$((i + 1)); done
+fi
 # The data channel is a socket on the host, both ways: a virtio serial port named "data" where
 # there is one (aarch64: the virt machine has a single UART, the console), else ttyS1 (x86_64),
 # raw and without echo.

@@ -133,6 +133,63 @@ class Arm64Apt(unittest.TestCase):
         self.assertIn("cannot download busybox-static for arm64", str(e.exception))
 
 
+class Modules(unittest.TestCase):
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="vm-arch-test-"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_dependencies_load_first_and_built_in_drivers_need_nothing(self):
+        d = self.tmp / "modules"
+        d.mkdir()
+        (d / "modules.dep").write_text(
+            "kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"
+            "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko "
+            "kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko "
+            "kernel/drivers/virtio/virtio.ko\n"
+            "kernel/drivers/virtio/virtio_ring.ko:\nkernel/drivers/virtio/virtio.ko:\n"
+            "kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\nkernel/drivers/virtio/virtio_pci_modern_dev.ko:\n")
+        for k in ("virtio", "virtio_ring", "virtio_pci", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+                  "virtio_console"):
+            (d / f"{k}.ko").write_bytes(b"ko")
+        self.assertEqual(run.module_order(d), ["virtio.ko", "virtio_ring.ko", "virtio_pci_modern_dev.ko",
+                                               "virtio_pci_legacy_dev.ko", "virtio_pci.ko", "virtio_console.ko"])
+        (d / "virtio_ring.ko").unlink()
+        with self.assertRaises(run.Fatal):
+            run.module_order(d)
+        (d / "modules.dep").write_text("kernel/drivers/net/foo.ko:\n")
+        self.assertEqual(run.module_order(d), [])
+        self.assertEqual(run.module_order(self.tmp / "none"), [])
+
+    @unittest.skipUnless(shutil.which("dpkg-deb"), "needs dpkg-deb")
+    def test_an_arm64_kernel_package_gives_its_virtio_modules(self):
+        root = self.tmp / "pkg"
+        mods = root / "lib" / "modules" / "6.1.0-57-cloud-arm64"
+        for sub in ("kernel/drivers/virtio", "kernel/drivers/char", "kernel/drivers/net"):
+            (mods / sub).mkdir(parents=True)
+        (mods / "kernel/drivers/virtio/virtio.ko").write_bytes(b"v")
+        (mods / "kernel/drivers/char/virtio_console.ko").write_bytes(b"c")
+        (mods / "kernel/drivers/net/virtio_net.ko").write_bytes(b"n")
+        (mods / "modules.dep").write_text("kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko\n")
+        (root / "boot").mkdir()
+        (root / "boot" / "vmlinuz-6.1.0-57-cloud-arm64").write_bytes(b"ARM64 Image")
+        (root / "DEBIAN").mkdir()
+        (root / "DEBIAN" / "control").write_text(
+            "Package: linux-image-6.1.0-57-cloud-arm64-unsigned\nVersion: 1.0-1\nArchitecture: arm64\n"
+            "Maintainer: test <test@example.invalid>\nDescription: fake\n")
+        deb = self.tmp / "k.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
+                       stdout=subprocess.DEVNULL)
+        out = self.tmp / "out"
+        out.mkdir()
+        self.assertEqual(run.extract_kernel(deb, out, modules=True), "6.1.0-57-cloud-arm64")
+        self.assertEqual(sorted(p.name for p in (out / "modules").iterdir()),
+                         ["modules.dep", "virtio.ko", "virtio_console.ko"])
+        self.assertEqual(run.module_order(out / "modules", ("virtio_pci", "virtio_console")),
+                         ["virtio.ko", "virtio_console.ko"])
+
+
 class CrossBuild(unittest.TestCase):
     def test_the_cross_linker_comes_from_the_environment(self):
         e = ARM.env()
