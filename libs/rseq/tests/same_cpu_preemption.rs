@@ -4,14 +4,18 @@
 //!
 //! Two threads share one CPU (both pinned to it). The section thread runs long sections
 //! (`try_add_if_equal_delayed`: the check, then `spins` pause/yield instructions, then the
-//! add) one after the other and numbers each attempt. The competitor spins too, so the
-//! scheduler alternates between them; the competitor can only run while the section thread
-//! is off the CPU. Each time it runs it looks at the section thread's `rseq_cs` field: set
-//! means the section thread was taken off the CPU between the descriptor store and the
-//! clearing after the section, i.e. inside a section (the few instructions after the commit
-//! and before the clearing are negligible next to the spins). It then records the attempt's
-//! number. An attempt recorded so that then reports "committed" is a commit after a
-//! preemption: the kernel did not restart the section.
+//! add of 1 to its CPU's word, the commit) one after the other and numbers each attempt; before
+//! each it publishes the attempt's number and the word's value. The competitor spins too, so
+//! the scheduler alternates between them; the competitor runs only while the section thread is
+//! off the CPU. Each time, it looks at the section thread's `rseq_cs` field and at the word:
+//! `rseq_cs` set (the section thread stopped between the descriptor store and the clearing after
+//! the section) and the word still at its published value (no commit yet) means preempted
+//! inside the section, before its commit; it records the attempt's number. (`rseq_cs` set with
+//! the word already incremented is a stop after the commit, before the clearing — under TCG
+//! the end of a translation block sits there — and is only counted.) An attempt so recorded
+//! that then reports "committed" is a commit after a preemption: the kernel did not restart
+//! the section. An observation is kept only if the attempt's number did not change while the
+//! competitor made it (the section thread made no progress in between).
 //!
 //! Without enough observed preemptions inside sections the test fails as inconclusive rather
 //! than passing on nothing.
@@ -72,12 +76,18 @@ fn a_section_preempted_on_its_own_cpu_aborts() {
     }
     let calibrated = total(&c);
 
-    // The section thread's rseq_cs (offset 8 of the area), read by the competitor.
-    // SAFETY: the area lives as long as this thread, which outlives the competitor.
+    // The section thread's rseq_cs (offset 8 of the area) and its CPU's word, read by the
+    // competitor while the section thread is off the CPU.
+    // SAFETY: the area lives as long as this thread, which outlives the competitor; the word
+    // is a live pool copy, 8-byte aligned, so it may be read as an atomic.
     let rseq_cs: &'static AtomicU64 = unsafe { &*((area.as_ptr() as *const u8).add(8) as *const AtomicU64) };
+    let word: &'static AtomicU64 =
+        unsafe { &*(c.get(cpu as usize).expect("the pinned CPU's word") as *const AtomicU64) };
     let attempt: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let before: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let preempted: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let observed: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+    let after_commit: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let stop = Arc::new(AtomicBool::new(false));
     let competitor = {
         let stop = stop.clone();
@@ -87,10 +97,17 @@ fn a_section_preempted_on_its_own_cpu_aborts() {
             while !stop.load(Ordering::Relaxed) {
                 // Only runs while the section thread is off the CPU.
                 let a = attempt.load(Ordering::SeqCst);
-                if rseq_cs.load(Ordering::SeqCst) != 0 && a != last {
-                    last = a;
-                    preempted.store(a, Ordering::SeqCst);
-                    observed.fetch_add(1, Ordering::Relaxed);
+                if a != last && rseq_cs.load(Ordering::SeqCst) != 0 {
+                    let uncommitted = word.load(Ordering::SeqCst) == before.load(Ordering::SeqCst);
+                    if attempt.load(Ordering::SeqCst) == a {
+                        last = a;
+                        if uncommitted {
+                            preempted.store(a, Ordering::SeqCst);
+                            observed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            after_commit.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
                 std::hint::spin_loop();
             }
@@ -102,6 +119,7 @@ fn a_section_preempted_on_its_own_cpu_aborts() {
     let mut n = 0u64;
     while observed.load(Ordering::Relaxed) < WANTED && start.elapsed() < LIMIT {
         n += 1;
+        before.store(word.load(Ordering::SeqCst), Ordering::SeqCst);
         attempt.store(n, Ordering::SeqCst);
         // SAFETY: as above.
         let (o, idx) = unsafe { area.try_add_if_equal_delayed(check.as_ptr(), 0, &c, 1, spins) };
@@ -128,9 +146,11 @@ fn a_section_preempted_on_its_own_cpu_aborts() {
     let seen = observed.load(Ordering::Relaxed);
     eprintln!(
         "same_cpu_preemption: cpu {cpu}, {spins} spins per section, {n} sections in {:.1} s: {committed} committed, {aborted} aborted \
-         ({aborted_after} of them seen preempted), {seen} preemptions inside a section seen, {} commits after one",
+         ({aborted_after} of them seen preempted), {seen} preemptions inside a section seen, {} commits after one, \
+         {} stops after a commit",
         start.elapsed().as_secs_f64(),
-        late.len()
+        late.len(),
+        after_commit.load(Ordering::Relaxed)
     );
     assert_eq!(sum - calibrated, committed, "the words do not add up to the committed sections");
     assert!(
