@@ -28,7 +28,7 @@ use rseq::pool::PercpuPool;
 use rseq::{Index, Outcome, PercpuArray, ThreadArea};
 
 /// Preemptions inside a section to observe before deciding.
-const WANTED: u64 = 20;
+const WANTED: u64 = 200;
 /// At most this long in all (single-stepped guests are slow).
 const LIMIT: Duration = Duration::from_secs(60);
 
