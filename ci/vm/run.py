@@ -389,14 +389,14 @@ def extract_member(deb: Path, name: str):
 
 # Modules the guest loads when the kernel has them as modules (6.1's arm64 cloud kernel: the
 # data channel's virtio serial port needs virtio_pci and virtio_console), with their
-# dependencies from modules.dep.
+# dependencies from each module's .modinfo.
 GUEST_MODULES = ("virtio_pci", "virtio_console")
 
 
 def extract_kernel(deb: Path, dest: Path, modules=False):
     """Copies the kernel image (and its config when the package has it) out of a kernel .deb
-    into dest/vmlinuz and dest/config; with modules, also modules.dep and the virtio modules
-    (uncompressed ones only) into dest/modules/. Returns the kernel release or None."""
+    into dest/vmlinuz and dest/config; with modules, also the virtio modules (uncompressed
+    ones only) into dest/modules/. Returns the kernel release or None."""
     p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     release = None
     if modules:
@@ -406,7 +406,7 @@ def extract_kernel(deb: Path, dest: Path, modules=False):
             if not m.isfile():
                 continue
             n = m.name.lstrip("./")
-            mod = re.fullmatch(r"(?:usr/)?lib/modules/[^/]+/(modules\.dep|kernel/drivers/(?:virtio|char)/virtio[^/]*\.ko)",
+            mod = re.fullmatch(r"(?:usr/)?lib/modules/[^/]+/(kernel/drivers/(?:virtio|char)/virtio[^/]*\.ko)",
                                n)
             if modules and mod:
                 with tf.extractfile(m) as src, open(dest / "modules" / os.path.basename(n), "wb") as out:
@@ -583,32 +583,32 @@ def stripped(path: Path, stage: Path, objcopy="objcopy") -> bytes:
     return path.read_bytes()
 
 
+def module_depends(ko: Path):
+    """The `depends=` of a module's .modinfo (Debian's packages ship no modules.dep: depmod
+    writes it at installation)."""
+    for field in ko.read_bytes().split(b"\0"):
+        if field.startswith(b"depends="):
+            return [d + ".ko" for d in field[len(b"depends="):].decode().split(",") if d]
+    return []
+
+
 def module_order(moddir: Path, wanted=GUEST_MODULES):
     """The .ko files to insmod, in order (dependencies first), for the wanted modules that the
-    kernel has as modules; [] where they are built in (not in modules.dep)."""
-    dep = moddir / "modules.dep"
-    if not dep.is_file():
-        return []
-    deps = {}
-    for line in dep.read_text().splitlines():
-        k, _, v = line.partition(":")
-        deps[os.path.basename(k)] = [os.path.basename(x) for x in v.split()]
+    kernel has as modules; [] where they are built in (no .ko of that name)."""
     order = []
 
-    def add(ko):
+    def add(ko, chain=()):
         if ko in order:
             return
-        # modules.dep lists every dependency, nearest first: load from the far end
-        for d in reversed(deps.get(ko, [])):
-            add(d)
+        if not (moddir / ko).is_file():
+            raise Fatal(f"module {ko} (needed by {' <- '.join(chain) or 'the guest'}) is not in {moddir}")
+        for d in module_depends(moddir / ko):
+            add(d, (ko,) + chain)
         order.append(ko)
 
     for w in wanted:
-        if f"{w}.ko" in deps:
+        if (moddir / f"{w}.ko").is_file():
             add(f"{w}.ko")
-    missing = [k for k in order if not (moddir / k).is_file()]
-    if missing:
-        raise Fatal(f"modules {', '.join(missing)} are listed in {dep} but were not extracted")
     return order
 
 

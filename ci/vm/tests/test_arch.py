@@ -140,26 +140,29 @@ class Modules(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    @staticmethod
+    def ko(d, name, depends):
+        # what matters of a .ko here: the NUL-separated strings of its .modinfo
+        (d / f"{name}.ko").write_bytes(b"\x7fELF junk\0license=GPL\0depends=" + depends.encode() +
+                                       b"\0intree=Y\0name=" + name.encode() + b"\0")
+
     def test_dependencies_load_first_and_built_in_drivers_need_nothing(self):
         d = self.tmp / "modules"
         d.mkdir()
-        (d / "modules.dep").write_text(
-            "kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"
-            "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko "
-            "kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko "
-            "kernel/drivers/virtio/virtio.ko\n"
-            "kernel/drivers/virtio/virtio_ring.ko:\nkernel/drivers/virtio/virtio.ko:\n"
-            "kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\nkernel/drivers/virtio/virtio_pci_modern_dev.ko:\n")
-        for k in ("virtio", "virtio_ring", "virtio_pci", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-                  "virtio_console"):
-            (d / f"{k}.ko").write_bytes(b"ko")
-        self.assertEqual(run.module_order(d), ["virtio.ko", "virtio_ring.ko", "virtio_pci_modern_dev.ko",
-                                               "virtio_pci_legacy_dev.ko", "virtio_pci.ko", "virtio_console.ko"])
+        self.ko(d, "virtio_ring", "")
+        self.ko(d, "virtio", "virtio_ring")
+        self.ko(d, "virtio_pci_modern_dev", "")
+        self.ko(d, "virtio_pci_legacy_dev", "")
+        self.ko(d, "virtio_pci", "virtio_ring,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio")
+        self.ko(d, "virtio_console", "virtio,virtio_ring")
+        self.assertEqual(run.module_depends(d / "virtio_console.ko"), ["virtio.ko", "virtio_ring.ko"])
+        self.assertEqual(run.module_order(d), ["virtio_ring.ko", "virtio_pci_modern_dev.ko", "virtio_pci_legacy_dev.ko",
+                                               "virtio.ko", "virtio_pci.ko", "virtio_console.ko"])
         (d / "virtio_ring.ko").unlink()
-        with self.assertRaises(run.Fatal):
+        with self.assertRaises(run.Fatal) as e:
             run.module_order(d)
-        (d / "modules.dep").write_text("kernel/drivers/net/foo.ko:\n")
-        self.assertEqual(run.module_order(d), [])
+        self.assertIn("virtio_ring.ko (needed by virtio_pci.ko) is not in", str(e.exception))
+        # built in: no .ko, nothing to load
         self.assertEqual(run.module_order(self.tmp / "none"), [])
 
     @unittest.skipUnless(shutil.which("dpkg-deb"), "needs dpkg-deb")
@@ -168,10 +171,9 @@ class Modules(unittest.TestCase):
         mods = root / "lib" / "modules" / "6.1.0-57-cloud-arm64"
         for sub in ("kernel/drivers/virtio", "kernel/drivers/char", "kernel/drivers/net"):
             (mods / sub).mkdir(parents=True)
-        (mods / "kernel/drivers/virtio/virtio.ko").write_bytes(b"v")
-        (mods / "kernel/drivers/char/virtio_console.ko").write_bytes(b"c")
-        (mods / "kernel/drivers/net/virtio_net.ko").write_bytes(b"n")
-        (mods / "modules.dep").write_text("kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko\n")
+        self.ko(mods / "kernel/drivers/virtio", "virtio", "")
+        self.ko(mods / "kernel/drivers/char", "virtio_console", "virtio")
+        self.ko(mods / "kernel/drivers/net", "virtio_net", "virtio")
         (root / "boot").mkdir()
         (root / "boot" / "vmlinuz-6.1.0-57-cloud-arm64").write_bytes(b"ARM64 Image")
         (root / "DEBIAN").mkdir()
@@ -185,7 +187,7 @@ class Modules(unittest.TestCase):
         out.mkdir()
         self.assertEqual(run.extract_kernel(deb, out, modules=True), "6.1.0-57-cloud-arm64")
         self.assertEqual(sorted(p.name for p in (out / "modules").iterdir()),
-                         ["modules.dep", "virtio.ko", "virtio_console.ko"])
+                         ["virtio.ko", "virtio_console.ko"])
         self.assertEqual(run.module_order(out / "modules", ("virtio_pci", "virtio_console")),
                          ["virtio.ko", "virtio_console.ko"])
 
