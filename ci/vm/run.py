@@ -11,6 +11,12 @@ Per kernel, one boot with `-smp 2,maxcpus=8`:
 With --full, per kernel, one boot each with `-smp 16` and `-smp 32`: harness runs with as many
 threads as CPUs, cpu_id and mm_cid.
 
+With --arch aarch64 (or all), the same series on arm64 (Debian's cloud-arm64 kernels in
+qemu-system-aarch64 -M virt), with a payload cross-built for aarch64-unknown-linux-gnu: one
+`-smp 2` boot per kernel, the rseq tests and harness runs in the three registration modes and
+both index modes, single-stepped where restarts are needed, and rseq restarts required (no
+hot-add: QEMU 7.2's virt machine has none).
+
 Exit status: 0 when every kernel passed, 1 when one failed, 2 when the run could not start
 (a kernel package that could not be fetched, a build that failed, no qemu).
 """
