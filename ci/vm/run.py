@@ -11,6 +11,12 @@ Per kernel, one boot with `-smp 2,maxcpus=8`:
 With --full, per kernel, one boot each with `-smp 16` and `-smp 32`: harness runs with as many
 threads as CPUs, cpu_id and mm_cid.
 
+With --arch aarch64 (or all), the same series on arm64 (Debian's cloud-arm64 kernels in
+qemu-system-aarch64 -M virt), with a payload cross-built for aarch64-unknown-linux-gnu: one
+`-smp 2` boot per kernel, the rseq tests and harness runs in the three registration modes and
+both index modes, single-stepped where restarts are needed, and rseq restarts required (no
+hot-add: QEMU 7.2's virt machine has none).
+
 Exit status: 0 when every kernel passed, 1 when one failed, 2 when the run could not start
 (a kernel package that could not be fetched, a build that failed, no qemu).
 """
@@ -59,6 +65,64 @@ KERNELS = {
     "6.1": Kernel("6.1", r"^linux-image-6\.1\.0-\d+-cloud-amd64$", "no mm_cid (rseq feature size 0)"),
     "6.12": Kernel("6.12", r"^linux-image-6\.12\.\d+\+deb12-cloud-amd64$", "LTS, mm_cid (feature size 28)"),
     "7.3": Kernel("7.3", r"^linux-binary-7\.3\.\d+\+deb13-cloud-amd64$", "reworked rseq of 6.19+"),
+}
+
+# The same three series for arm64: bookworm-security (6.1; 6.12 as linux-image-…-cloud-arm64 or
+# its -unsigned twin) and trixie-backports (7.3).
+KERNELS_ARM64 = {
+    "6.1": Kernel("6.1", r"^linux-image-6\.1\.0-\d+-cloud-arm64(-unsigned)?$", "no mm_cid (rseq feature size 0)"),
+    "6.12": Kernel("6.12", r"^linux-image-6\.12\.\d+\+deb12-cloud-arm64(-unsigned)?$",
+                   "LTS, mm_cid (feature size 28)"),
+    "7.3": Kernel("7.3", r"^linux-binary-7\.3\.\d+\+deb13-cloud-arm64$", "reworked rseq of 6.19+"),
+}
+
+
+class Arch:
+    """What differs between the two guest architectures: kernel packages, qemu, the payload's
+    cross build, the guest's serial lines."""
+
+    def __init__(self, name, deb, kernels, qemu, machine, console, data_dev, target=None, cc="cc",
+                 tool_prefix="", sysroot=None, hotadd=True):
+        self.name = name
+        self.deb = deb  # Debian architecture
+        self.kernels = kernels
+        self.qemu = qemu
+        self.machine = machine  # qemu arguments before the rest
+        self.console = console  # the guest's console device (people)
+        self.data_dev = data_dev  # qemu arguments of the data channel's device (chardev "data")
+        self.target = target  # Rust target triple of a cross build, None for the host's
+        self.cc = cc
+        self.tool_prefix = tool_prefix  # binutils prefix (objcopy, readelf)
+        self.sysroot = sysroot  # where a cross build's loader and libraries are on the host
+        self.hotadd = hotadd  # vCPU hot-add through QMP (QEMU 7.2's arm "virt" machine has none)
+
+    def env(self):
+        """cargo's environment: the cross linker comes from the environment, so nothing in the
+        repository changes the host build."""
+        e = dict(os.environ)
+        if self.target:
+            t = self.target.upper().replace("-", "_")
+            e[f"CARGO_TARGET_{t}_LINKER"] = self.cc
+            e.setdefault(f"CC_{self.target.replace('-', '_')}", self.cc)
+        return e
+
+    def workdir(self, work: Path):
+        """x86_64 keeps the layout of the single-architecture runner (target/vm/<kernel>)."""
+        return work if self.name == "x86_64" else work / self.name
+
+
+ARCHES = {
+    "x86_64": Arch("x86_64", "amd64", KERNELS, "qemu-system-x86_64", [], "ttyS0",
+                   ["-device", "isa-serial,chardev=data"]),
+    # -M virt has one PL011 (the console); the data channel is a virtio serial port named "data".
+    # pauth-impdef: pointer authentication stays on (Debian's kernels sign their return
+    # addresses) with QEMU's cheap implementation-defined algorithm instead of QARMA, which
+    # under TCG costs much time on every kernel function call.
+    "aarch64": Arch("aarch64", "arm64", KERNELS_ARM64, "qemu-system-aarch64",
+                    ["-M", "virt", "-cpu", "max,pauth-impdef=on"],
+                    "ttyAMA0", ["-device", "virtio-serial-pci", "-device", "virtserialport,chardev=data,name=data"],
+                    target="aarch64-unknown-linux-gnu", cc="aarch64-linux-gnu-gcc",
+                    tool_prefix="aarch64-linux-gnu-", sysroot=Path("/usr/aarch64-linux-gnu"), hotadd=False),
 }
 
 ATTEMPTS = 3
@@ -120,9 +184,11 @@ def short_err(e):
 
 
 class KernelCache:
-    def __init__(self, cache: Path):
+    def __init__(self, cache: Path, deb_arch="amd64"):
         self.cache = cache
-        self.apt = cache / "apt"
+        self.arch = deb_arch
+        # amd64 keeps the directory of the single-architecture runner.
+        self.apt = cache / ("apt" if deb_arch == "amd64" else f"apt-{deb_arch}")
         self.kdir = cache / "kernels"
         self.updated = None  # None: not tried; True/False: apt-get update result
         self.update_error = ""
@@ -139,8 +205,8 @@ class KernelCache:
             "-o", f"Dir::State::status={a}/status",
             "-o", f"Dir::Cache={a}/cache",
             "-o", "Debug::NoLocking=1",
-            "-o", "APT::Architecture=amd64",
-            "-o", "APT::Architectures::=amd64",
+            "-o", f"APT::Architecture={self.arch}",
+            "-o", f"APT::Architectures::={self.arch}",
             "-o", "Acquire::Languages=none",
             "-o", "Acquire::Retries=2",
             "-o", "Acquire::http::Timeout=30",
@@ -152,16 +218,21 @@ class KernelCache:
             (a / d).mkdir(parents=True, exist_ok=True)
         (a / "status").touch()
         (a / "preferences").touch()
+        extra = ""
+        if self.arch != "amd64":
+            # busybox-static for the guest's architecture (the host's busybox is amd64)
+            extra = f"deb [signed-by={KEYRING}] {DEBIAN} bookworm main\n"
         (a / "sources.list").write_text(
             f"deb [signed-by={KEYRING}] {DEBIAN_SECURITY} bookworm-security main\n"
-            f"deb [signed-by={KEYRING}] {DEBIAN} trixie-backports main\n"
+            f"deb [signed-by={KEYRING}] {DEBIAN} trixie-backports main\n" + extra
         )
 
     def update(self):
         if self.updated is not None:
             return self.updated
         self.setup()
-        log("kernels: apt-get update (private configuration: bookworm-security, trixie-backports)")
+        log(f"kernels: apt-get update (private configuration for {self.arch}: bookworm-security, "
+            f"trixie-backports{', bookworm' if self.arch != 'amd64' else ''})")
         try:
             retry("apt-get update", lambda: run(
                 ["apt-get", *self.apt_opts(), "--error-on=any", "-qq", "update"],
@@ -188,7 +259,8 @@ class KernelCache:
                 d = json.loads(info.read_text())
             except (OSError, ValueError):
                 continue
-            if d.get("series") == k.series and (info.parent / "vmlinuz").is_file():
+            if d.get("series") == k.series and d.get("arch", "amd64") == self.arch and \
+                    (info.parent / "vmlinuz").is_file():
                 key = [int(x) for x in re.findall(r"\d+", d["package"] + "_" + d["version"])]
                 if best is None or key > best[0]:
                     best = (key, d, info.parent)
@@ -230,7 +302,10 @@ class KernelCache:
         version = debname.split("_")[1].replace("%3a", ":")
         dest = self.kdir / debname[: -len(".deb")]
         if (dest / "vmlinuz").is_file() and (dest / "info.json").is_file():
-            return dest / "vmlinuz", json.loads((dest / "info.json").read_text())
+            d = json.loads((dest / "info.json").read_text())
+            # arm64 entries need the virtio modules (kept since aarch64 6.1 needed them)
+            if self.arch == "amd64" or "modules" in d:
+                return dest / "vmlinuz", d
         log(f"kernels: downloading {name} {version} ({size / 1e6:.0f} MB)")
         tmp = self.kdir / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -252,12 +327,14 @@ class KernelCache:
         part = self.kdir / (dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
-        release = extract_kernel(deb, part)
+        release = extract_kernel(deb, part, modules=self.arch != "amd64")
         if release is None:
             raise Fatal(f"kernel {k.series}: {debname} holds no vmlinuz (boot/vmlinuz-* or "
                         "usr/lib/modules/*/vmlinuz)")
-        info = {"series": k.series, "package": name, "version": version, "release": release,
+        info = {"series": k.series, "arch": self.arch, "package": name, "version": version, "release": release,
                 "deb": debname, "url": url, "fetched": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.arch != "amd64":
+            info["modules"] = sorted(m.name for m in (part / "modules").glob("*.ko"))
         (part / "info.json").write_text(json.dumps(info, indent=1))
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
@@ -266,16 +343,81 @@ class KernelCache:
         return dest / "vmlinuz", info
 
 
-def extract_kernel(deb: Path, dest: Path):
+    def busybox(self):
+        """A static busybox for the guest's architecture, from Debian's busybox-static (cached
+        in CACHE/tools/busybox-<arch>; the host's own busybox serves amd64)."""
+        out = self.cache / "tools" / f"busybox-{self.arch}"
+        if out.is_file():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache / "lock", "w") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            if out.is_file():
+                return out
+            if not self.update():
+                raise Fatal(f"busybox-static:{self.arch}: cannot fetch the package index ({self.update_error})")
+            tmp = self.cache / "tools" / f"tmp-{self.arch}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            log(f"tools: downloading busybox-static for {self.arch}")
+            try:
+                retry("apt-get download busybox-static", lambda: run(
+                    ["apt-get", *self.apt_opts(), "-qq", "download", "busybox-static"],
+                    cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            except (subprocess.CalledProcessError, OSError) as e:
+                raise Fatal(f"cannot download busybox-static for {self.arch} after {ATTEMPTS} attempts: "
+                            f"{short_err(e)}")
+            deb = next(tmp.glob("*.deb"), None)
+            data = deb and extract_member(deb, "bin/busybox")
+            if not data:
+                raise Fatal(f"busybox-static for {self.arch}: no bin/busybox in {deb}")
+            part = out.with_suffix(".part")
+            part.write_bytes(data)
+            part.chmod(0o755)
+            part.rename(out)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out
+
+
+def extract_member(deb: Path, name: str):
+    """The contents of one file of a .deb's data, or None."""
+    p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    data = None
+    with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
+        for m in tf:
+            if m.isfile() and m.name.lstrip("./") == name:
+                with tf.extractfile(m) as src:
+                    data = src.read()
+    p.stdout.close()
+    p.wait()
+    return data
+
+
+# Modules the guest loads when the kernel has them as modules (6.1's arm64 cloud kernel: the
+# data channel's virtio serial port needs virtio_pci and virtio_console), with their
+# dependencies from each module's .modinfo.
+GUEST_MODULES = ("virtio_pci", "virtio_console")
+
+
+def extract_kernel(deb: Path, dest: Path, modules=False):
     """Copies the kernel image (and its config when the package has it) out of a kernel .deb
-    into dest/vmlinuz and dest/config; returns the kernel release or None."""
+    into dest/vmlinuz and dest/config; with modules, also the virtio modules (uncompressed
+    ones only) into dest/modules/. Returns the kernel release or None."""
     p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     release = None
+    if modules:
+        (dest / "modules").mkdir()
     with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
         for m in tf:
             if not m.isfile():
                 continue
             n = m.name.lstrip("./")
+            mod = re.fullmatch(r"(?:usr/)?lib/modules/[^/]+/(kernel/drivers/(?:virtio|char)/virtio[^/]*\.ko)",
+                               n)
+            if modules and mod:
+                with tf.extractfile(m) as src, open(dest / "modules" / os.path.basename(n), "wb") as out:
+                    shutil.copyfileobj(src, out)
+                continue
             mb = re.fullmatch(r"boot/(vmlinuz|config)-(.+)", n)
             mm = re.fullmatch(r"usr/lib/modules/([^/]+)/(vmlinuz|config)", n)
             if mb:
@@ -306,14 +448,15 @@ class Payload:
         self.tests = []  # (name, path)
 
 
-def cargo_json(args):
-    p = subprocess.run(["cargo", *args, "--message-format=json"], cwd=ROOT, stdout=subprocess.PIPE)
+def cargo_json(args, env=None):
+    p = subprocess.run(["cargo", *args, "--message-format=json"], cwd=ROOT, stdout=subprocess.PIPE, env=env)
     if p.returncode != 0:
         raise Fatal(f"cargo {' '.join(args)} failed")
     return [json.loads(line) for line in p.stdout.decode().splitlines() if line.startswith("{")]
 
 
-def build_payload(profile, work: Path) -> Payload:
+def build_payload(profile, work: Path, arch: Arch = None) -> Payload:
+    arch = arch or ARCHES["x86_64"]
     meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"],
                                      cwd=ROOT, capture_output=True, check=True).stdout)
     libpkgs = []
@@ -322,10 +465,14 @@ def build_payload(profile, work: Path) -> Payload:
                 "cdylib" in t["kind"] for t in p["targets"]):
             libpkgs.append(p["name"])
     prof = ["--release"] if profile == "release" else []
+    if arch.target:
+        prof += ["--target", arch.target]
+    env = arch.env()
     pkgs = [a for n in ["harness", *libpkgs] for a in ("-p", n)]
-    log(f"build: cargo build {' '.join(prof + pkgs)}")
+    lk = f" (linker {arch.cc})" if arch.target else ""
+    log(f"build: cargo build {' '.join(prof + pkgs)}{lk}")
     pl = Payload()
-    for m in cargo_json(["build", *prof, *pkgs]):
+    for m in cargo_json(["build", *prof, *pkgs], env):
         if m.get("reason") != "compiler-artifact":
             continue
         if m["target"]["name"] == "harness" and m.get("executable"):
@@ -333,18 +480,18 @@ def build_payload(profile, work: Path) -> Payload:
         elif "cdylib" in m["target"]["kind"] and m["package_id"].split("#")[0].find("/libs/") >= 0:
             pl.libs += [Path(f) for f in m["filenames"] if f.endswith(".so")]
     log(f"build: cargo test {' '.join(prof)} -p rseq --no-run")
-    for m in cargo_json(["test", *prof, "-p", "rseq", "--no-run"]):
+    for m in cargo_json(["test", *prof, "-p", "rseq", "--no-run"], env):
         if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
             pl.tests.append((m["target"]["name"], Path(m["executable"])))
     if not pl.harness or not pl.tests:
         raise Fatal("build: the harness or the rseq test binaries were not produced")
     plugdir = ROOT / "harness" / "plugins"
     if (plugdir / "Makefile").is_file():
-        if not shutil.which("cc") or not shutil.which("make"):
-            raise Fatal("build: the harness plugins need cc and make")
-        out = work / "plugins"
-        log(f"build: make -C harness/plugins OUT={out}")
-        run(["make", "-s", "-C", str(plugdir), f"OUT={out}"])
+        if not shutil.which(arch.cc) or not shutil.which("make"):
+            raise Fatal(f"build: the harness plugins need {arch.cc} and make")
+        out = arch.workdir(work) / "plugins"
+        log(f"build: make -C harness/plugins CC={arch.cc} OUT={out}")
+        run(["make", "-s", "-C", str(plugdir), f"CC={arch.cc}", f"OUT={out}"])
         pl.plugins = sorted(out.glob("*.so"))
         if not pl.plugins:
             raise Fatal(f"build: make -C harness/plugins produced no plugin in {out}")
@@ -359,6 +506,35 @@ def ldd(path: Path):
         if m:
             deps.append(m.group(1))
     return deps
+
+
+def elf_deps(path: Path, arch: Arch):
+    """(host path, guest path) of the loader and every shared library a binary needs, found
+    under the cross sysroot (ldd cannot run a foreign binary). Libraries go where the guest's
+    loader looks by default (/lib/<triple>/), the loader where PT_INTERP says."""
+    if arch.sysroot is None:
+        return [(d, d) for d in ldd(path)]
+    lib = arch.sysroot / "lib"
+    triple = arch.tool_prefix.rstrip("-")
+    out, todo, seen = [], [path], set()
+    while todo:
+        f = todo.pop()
+        text = subprocess.run([arch.tool_prefix + "readelf", "-d", "-l", str(f)], capture_output=True,
+                              text=True).stdout
+        m = re.search(r"Requesting program interpreter: (\S+)\]", text)
+        if m and m.group(1) not in seen:
+            seen.add(m.group(1))
+            out.append((str(lib / os.path.basename(m.group(1))), m.group(1)))
+        for n in re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", text):
+            if n in seen or n.startswith("ld-linux"):  # the loader: in place at its PT_INTERP path
+                continue
+            seen.add(n)
+            src = lib / n
+            if not src.exists():
+                raise Fatal(f"build: {f.name} needs {n}, not found in {lib} (libc6-arm64-cross?)")
+            out.append((str(src), f"/lib/{triple}/{n}"))
+            todo.append(src)
+    return out
 
 
 class Cpio:
@@ -404,25 +580,59 @@ class Cpio:
         self.f.write(b"\0" * (-self.f.tell() % 512))
 
 
-def stripped(path: Path, stage: Path) -> bytes:
+def stripped(path: Path, stage: Path, objcopy="objcopy") -> bytes:
     """The file without its debug sections (the payload is read into guest RAM)."""
-    if shutil.which("objcopy"):
+    if shutil.which(objcopy):
         dst = stage / path.name
-        if subprocess.run(["objcopy", "--strip-debug", str(path), str(dst)]).returncode == 0:
+        if subprocess.run([objcopy, "--strip-debug", str(path), str(dst)]).returncode == 0:
             return dst.read_bytes()
     return path.read_bytes()
 
 
-def build_initramfs(pl: Payload, work: Path) -> Path:
-    """The base initramfs (busybox, /init, payload, loader and libraries)."""
+def module_depends(ko: Path):
+    """The `depends=` of a module's .modinfo (Debian's packages ship no modules.dep: depmod
+    writes it at installation)."""
+    for field in ko.read_bytes().split(b"\0"):
+        if field.startswith(b"depends="):
+            return [d + ".ko" for d in field[len(b"depends="):].decode().split(",") if d]
+    return []
+
+
+def module_order(moddir: Path, wanted=GUEST_MODULES):
+    """The .ko files to insmod, in order (dependencies first), for the wanted modules that the
+    kernel has as modules; [] where they are built in (no .ko of that name)."""
+    order = []
+
+    def add(ko, chain=()):
+        if ko in order:
+            return
+        if not (moddir / ko).is_file():
+            raise Fatal(f"module {ko} (needed by {' <- '.join(chain) or 'the guest'}) is not in {moddir}")
+        for d in module_depends(moddir / ko):
+            add(d, (ko,) + chain)
+        order.append(ko)
+
+    for w in wanted:
+        if (moddir / f"{w}.ko").is_file():
+            add(f"{w}.ko")
+    return order
+
+
+def build_initramfs(pl: Payload, work: Path, arch: Arch = None, busybox=None) -> Path:
+    """The base initramfs (busybox, /init, payload, loader and libraries). busybox: a static
+    busybox for the guest (default: the host's)."""
+    arch = arch or ARCHES["x86_64"]
+    work = arch.workdir(work)
     stage = work / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    busybox = shutil.which("busybox")
-    if not busybox or "not a dynamic" not in subprocess.run(["ldd", busybox], capture_output=True,
-                                                            text=True).stdout + subprocess.run(
-            ["ldd", busybox], capture_output=True, text=True).stderr:
-        raise Fatal("a static busybox is needed (apt-get install busybox-static)")
+    if busybox is None:
+        busybox = shutil.which("busybox")
+        if not busybox or "not a dynamic" not in subprocess.run(["ldd", busybox], capture_output=True,
+                                                                text=True).stdout + subprocess.run(
+                ["ldd", busybox], capture_output=True, text=True).stderr:
+            raise Fatal("a static busybox is needed (apt-get install busybox-static)")
+    objcopy = arch.tool_prefix + "objcopy"
     out = work / "payload.cpio"
     elfs = []
     with open(out, "wb") as f:
@@ -434,20 +644,21 @@ def build_initramfs(pl: Payload, work: Path) -> Path:
         c.symlink("bin/sh", "busybox")
         c.file("init", (HERE / "guest" / "init.sh").read_bytes(), 0o755)
         c.file("plan.sh", b"echo 'no plan'\n")
-        c.file("payload/bin/harness", stripped(pl.harness, stage), 0o755)
+        c.file("payload/bin/harness", stripped(pl.harness, stage, objcopy), 0o755)
         elfs.append(pl.harness)
         for lib in pl.libs:
-            c.file(f"payload/lib/{lib.name}", stripped(lib, stage), 0o755)
+            c.file(f"payload/lib/{lib.name}", stripped(lib, stage, objcopy), 0o755)
             elfs.append(lib)
         for p in pl.plugins:
-            c.file(f"payload/plugins/{p.name}", stripped(p, stage), 0o755)
+            c.file(f"payload/plugins/{p.name}", stripped(p, stage, objcopy), 0o755)
             elfs.append(p)
         for name, t in pl.tests:
-            c.file(f"payload/tests/{name}", stripped(t, stage), 0o755)
+            c.file(f"payload/tests/{name}", stripped(t, stage, objcopy), 0o755)
             elfs.append(t)
-        deps = sorted({d for e in elfs for d in ldd(e)})
-        for d in deps:
-            c.file(d, Path(d).resolve().read_bytes(), 0o755)
+        pairs = sorted({pair for e in elfs for pair in elf_deps(e, arch)}, key=lambda p: p[1])
+        deps = [g for _, g in pairs]
+        for src, dst in pairs:
+            c.file(dst, Path(src).resolve().read_bytes(), 0o755)
         c.close()
     shutil.rmtree(stage, ignore_errors=True)
     log(f"initramfs: {out.stat().st_size / 1e6:.1f} MB ({len(elfs)} payload files; "
@@ -523,7 +734,8 @@ class Qmp:
 class Guest:
     """One boot: qemu with the console and the data channel in files, QMP on a socket."""
 
-    def __init__(self, name, vmlinuz, initrd, smp, maxcpus, mem, rundir: Path, verbose=False):
+    def __init__(self, name, vmlinuz, initrd, smp, maxcpus, mem, rundir: Path, verbose=False, arch=None):
+        arch = arch or ARCHES["x86_64"]
         self.name = name
         self.dir = rundir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -535,15 +747,16 @@ class Guest:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         self.cmd = [
-            "qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread_for(maxcpus)}", "-m", mem,
+            arch.qemu, *arch.machine, "-accel", f"tcg,thread={tcg_thread_for(maxcpus)}", "-m", mem,
             "-smp", f"{smp},maxcpus={maxcpus}" if maxcpus != smp else str(smp),
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 loglevel=5",
+            "-append", f"console={arch.console} panic=-1 loglevel=5",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{self.console}",
-            # the data channel (ttyS1): both ways, on a socket
+            # the data channel (ttyS1 on x86_64, a virtio serial port on aarch64): both ways,
+            # on a socket
             "-chardev", f"socket,id=data,path={self.dsock},server=on,wait=off",
-            "-device", "isa-serial,chardev=data",
+            *arch.data_dev,
             "-qmp", f"unix:{self.sock},server=on,wait=off",
         ]
         self.verbose = verbose
@@ -697,9 +910,9 @@ def answer(g: Guest, question, res):
     return f"ERR unknown question {question}"
 
 
-def boot(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, timeout, verbose, hotadd_interval=2.0):
+def boot(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, timeout, verbose, hotadd_interval=2.0, arch=None):
     """Boots, follows the data channel, does the hot-add when asked; returns the boot's facts."""
-    g = Guest(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, verbose)
+    g = Guest(name, vmlinuz, initrd, smp, maxcpus, mem, rundir, verbose, arch)
     dr = DataReader()
     cs = ConsoleStreamer(g.console, f"[{name}]") if verbose else None
     res = {"name": name, "smp": smp, "maxcpus": maxcpus, "hotadd_events": [], "done": False}
@@ -854,6 +1067,47 @@ def main_plan(pl: Payload, o):
     return "\n".join(lines) + "\n"
 
 
+# The aarch64 boot's harness runs: every library and plugin in each, both index modes, the three
+# registration modes, real CPU hotplug inside the guest and the default disturbances (signal
+# storms among them). (name, --mode, --index)
+ARM_RUNS = (("harness.cpu_id", "libc", "cpu_id"), ("harness.mm_cid", "reserved", "mm_cid"),
+            ("harness.none", "none", "mm_cid"))
+
+
+# rseq test binaries whose checks need no restart inside a branch-free section. With
+# --singlestep auto the aarch64 boot runs them first, not single-stepped: they start dozens of
+# processes each (lazy_state), which single-stepped took minutes. same_cpu_preemption's
+# section spins in a loop, so the scheduler's tick lands inside it without single-stepping.
+NO_SINGLESTEP_TESTS = ("rseq", "lazy_state", "pool_oom", "topology", "same_cpu_preemption")
+
+
+def arm_plan(pl: Payload, o):
+    """The aarch64 boot of every kernel (-smp 2, no hot-add: QEMU 7.2's virt machine has none):
+    the rseq tests and three harness runs. With --singlestep auto, the tests that need
+    restarts and the harness runs are single-stepped, the others (NO_SINGLESTEP_TESTS) run
+    first without it; with on/off, everything is or is not."""
+    def test(name):
+        # same_cpu_preemption prints what it saw (sections, aborts, preemptions inside one)
+        more = ["--nocapture"] if name == "same_cpu_preemption" else []
+        return shlex.join(["run_step", f"rseq.{name}", str(o.test_timeout), f"/payload/tests/{name}",
+                           "--test-threads=2", *more])
+    lines = []
+    later = [n for n, _ in pl.tests]
+    if o.singlestep == "auto":
+        lines += [test(n) for n in later if n in NO_SINGLESTEP_TESTS]
+        later = [n for n in later if n not in NO_SINGLESTEP_TESTS]
+    if o.singlestep != "off":
+        lines.append("singlestep on")
+    lines += [test(n) for n in later]
+    d = o.duration
+    slow = 8 if o.singlestep != "off" else 3
+    for name, mode, index in ARM_RUNS:
+        lines.append(shlex.join(["harness_step", name, str(int(d * slow + 90)),
+                                 *harness_cmd(pl, name, ["--mode", mode, "--index", index, "--hotplug", "real",
+                                                         "--threads", "4", "--duration", str(d)], o.seed)]))
+    return "\n".join(lines) + "\n"
+
+
 def many_plan(pl: Payload, o, n):
     lines = ["singlestep on"] if o.singlestep == "on" else []
     for index in ("cpu_id", "mm_cid"):
@@ -897,8 +1151,9 @@ def parse_kv(records, prefix):
     return out
 
 
-def evaluate(boot_res, kernel_info, expect_hotadd):
-    """Turns one boot's records into steps with verdicts."""
+def evaluate(boot_res, kernel_info, expect_hotadd, require_aborts=False):
+    """Turns one boot's records into steps with verdicts. require_aborts: a single-stepped harness
+    run in which rseq is used (its mode is not "none") must have restarted critical sections."""
     recs = boot_res["records"]
     facts = parse_kv(recs, "FACT")
     steps = []
@@ -920,7 +1175,7 @@ def evaluate(boot_res, kernel_info, expect_hotadd):
         out = files.get(f"out.{s['name']}", b"").decode(errors="replace")
         s["output_tail"] = "\n".join(out.splitlines()[-40:])
         clock = facts.get(f"clocksource.{s['name']}", [""])[0]
-        if clock and clock != "tsc":
+        if clock and clock not in ("tsc", "arch_sys_counter"):  # x86_64's and aarch64's usual ones
             s["notes"].append(f"guest clock source at the end: {clock} (slow reads under TCG)")
         for line in facts.get(f"kernel.{s['name']}", []):
             s["notes"].append(f"guest kernel: {line}")
@@ -933,6 +1188,7 @@ def evaluate(boot_res, kernel_info, expect_hotadd):
         if s["name"].startswith("rseq."):
             res = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed; (\d+) ignored", out)
             s["notes"].append("; ".join(f"{p} passed, {f} failed, {i} ignored" for _, p, f, i in res) or "no result")
+            s["notes"] += [ln.strip() for ln in out.splitlines() if ln.startswith("same_cpu_preemption: ")]
             s["summary"] = "\n".join(ln for ln in out.splitlines() if ln.startswith(("test ", "failures", "---- ")) and
                                      ("FAILED" in ln or "panicked" in ln or ln.startswith("----")))
         if s["name"].startswith("harness."):
@@ -949,6 +1205,8 @@ def evaluate(boot_res, kernel_info, expect_hotadd):
             s["summary"] = m.group(0).strip("\n") if m else "\n".join(out.splitlines()[-30:])
             if rep:
                 harness_facts(s, rep, facts)
+                if require_aborts and s["singlestep"] == "on":
+                    aborts_check(s)
             rss = facts.get(f"rss_kib.{s['name']}")
             if rss and rss[0].strip().isdigit():
                 s["rss_kib"] = int(rss[0])
@@ -1004,6 +1262,21 @@ def harness_facts(s, rep, facts):
         s["notes"].append(f"cpuset (cgroup {st['cpus']['cpuset_hierarchy']}): {ok} changes, {refused} refused")
     notes = [st["cpus"].get("hotplug_note"), st["cpus"].get("cpuset_note")]
     s["notes"] += [n for n in notes if n]
+
+
+def aborts_check(s):
+    """A run without restarts proves nothing about the abort path: with rseq in use, the
+    libraries together must report rseq restarts (each library's count is in the notes)."""
+    if s["rseq"]["mode"] == "none":
+        return
+    total = sum(v["aborts"] or 0 for v in s["ops"].values())
+    s["aborts"] = total
+    if total == 0:
+        s["problems"].append("no critical section was restarted (aborts 0 in every library)")
+    else:
+        zero = [k for k, v in s["ops"].items() if not v["aborts"]]
+        if zero:
+            s["notes"].append(f"no restarts in: {', '.join(zero)}")
 
 
 def hotadd_checks(s, boot_res, facts, rep, expect):
@@ -1065,7 +1338,7 @@ def print_kernel(kr):
     log("=" * 100)
     info = kr.get("package", {})
     verdict = "PASS" if kr["passed"] else "FAIL"
-    log(f"KERNEL {kr['series']}: {verdict}   {info.get('release', '?')} ({info.get('package', '?')} "
+    log(f"KERNEL {kr.get('arch', 'x86_64')} {kr['series']}: {verdict}   {info.get('release', '?')} ({info.get('package', '?')} "
         f"{info.get('version', '?')})")
     for b in kr["boots"]:
         f = b["facts"]
@@ -1108,6 +1381,18 @@ def print_kernel(kr):
                 log(f"      {line}")
 
 
+def restarts_line(kr):
+    """The rseq restarts of each harness run whose restarts were checked, per library."""
+    parts = []
+    for b in kr["boots"]:
+        for st in b["steps"]:
+            if "aborts" in st:
+                parts.append(f"{st['name'][len('harness.'):]} " + "/".join(
+                    str(v["aborts"]) for v in st["ops"].values()))
+    return f"  restarts ({'/'.join(next((st['ops'] for b in kr['boots'] for st in b['steps'] if 'aborts' in st), {}))}): " \
+        + ", ".join(parts) if parts else ""
+
+
 def print_failures(results):
     """Repeats every failed step at the very end, where a log cut to its head and tail still shows it."""
     failed = [(kr, b, s) for kr in results for b in kr["boots"] for s in b["steps"] if s["problems"]]
@@ -1117,7 +1402,7 @@ def print_failures(results):
     log(f"FAILED STEPS ({len(failed)}):")
     for kr, b, s in failed:
         seed = f", seed {s['seed']}" if s.get("seed") is not None else ""
-        log(f"  {kr['series']}/{b['name']}/{s['name']}{seed}:")
+        log(f"  {kr.get('arch', 'x86_64')}/{kr['series']}/{b['name']}/{s['name']}{seed}:")
         for p in s["problems"]:
             log(f"    PROBLEM: {p}")
         for n in s["notes"]:
@@ -1127,12 +1412,26 @@ def print_failures(results):
             log(f"    | {line}")
 
 
+def aarch64_series(short, arch, series, explicit):
+    """The kernels of the aarch64 guests: --aarch64-kernels when given; 7.3 alone in
+    `--short --arch all` (CI's short mode: one arm64 boot, about 4 minutes here); else the
+    same as x86_64's."""
+    if explicit is not None:
+        return [s.strip() for s in explicit.split(",") if s.strip()]
+    return ["7.3"] if short and arch == "all" else list(series)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short", action="store_true", help="CI mode: short harness runs (about 20 s of payload "
                     "per kernel), hot-add to 8 vCPUs, no 16/32 vCPU boots")
     ap.add_argument("--full", action="store_true", help="also boot every kernel with -smp 16 and -smp 32")
     ap.add_argument("--kernels", default="6.1,6.12,7.3", help="comma-separated series [%(default)s]")
+    ap.add_argument("--arch", choices=("x86_64", "aarch64", "all"), default="x86_64",
+                    help="guest architecture: x86_64 (qemu-system-x86_64, hot-add), aarch64 (qemu-system-aarch64 "
+                    "-M virt, a cross-built payload, no hot-add), or all (both, x86_64 first) [%(default)s]")
+    ap.add_argument("--aarch64-kernels", help="the series of the aarch64 guests, when they differ from --kernels "
+                    "[--short --arch all: 7.3 (what CI's short mode can afford); else --kernels]")
     ap.add_argument("--smp", type=int, default=2, help="vCPUs at boot for the hot-add boot [%(default)s]")
     ap.add_argument("--maxcpus", type=int, default=8, help="vCPU slots for the hot-add boot [%(default)s]")
     ap.add_argument("--many", default="16,32", help="-smp values of the --full boots [%(default)s]")
@@ -1195,6 +1494,10 @@ def main():
         if s not in KERNELS:
             ap.error(f"unknown kernel series {s} (known: {', '.join(KERNELS)})")
     many = [int(x) for x in o.many.split(",")] if o.full else []
+    o.arm_series = aarch64_series(o.short, o.arch, series, o.aarch64_kernels)
+    for s in o.arm_series:
+        if s not in KERNELS_ARM64:
+            ap.error(f"unknown kernel series {s} (known: {', '.join(KERNELS_ARM64)})")
     try:
         return run_all(o, series, many)
     except Fatal as e:
@@ -1202,46 +1505,51 @@ def main():
         return 2
 
 
-def run_all(o, series, many):
-    t_all = time.time()
-    deadline = t_all + o.max_minutes * 60 if o.max_minutes else None
-    for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "cargo"):
-        if not shutil.which(tool):
-            raise Fatal(f"{tool} is missing (ci/vm/run.sh installs the host packages)")
-    cache, work = Path(o.cache).resolve(), Path(o.work).resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    timings = {}
-
+def run_arch(o, arch, series, many, cache, work, deadline, timings, several):
+    """Fetches the kernels of one architecture, builds its payload and boots every kernel."""
+    label = f"{arch.name}/" if several or arch.name != "x86_64" else ""
+    # Timings of x86_64 keep their names; the other architecture's get a prefix.
+    tk = "" if arch.name == "x86_64" else f"{arch.name}_"
     t = time.time()
-    kc = KernelCache(cache)
+    kc = KernelCache(cache, arch.deb)
     kernels = {}
     for s in series:
-        kernels[s] = kc.get(KERNELS[s])
-    timings["kernels_s"] = round(time.time() - t, 1)
+        kernels[s] = kc.get(arch.kernels[s])
+    busybox = kc.busybox() if arch.target else None
+    timings[tk + "kernels_s"] = round(time.time() - t, 1)
 
     t = time.time()
-    pl = build_payload(o.profile, work)
-    timings["build_s"] = round(time.time() - t, 1)
+    pl = build_payload(o.profile, work, arch)
+    timings[tk + "build_s"] = round(time.time() - t, 1)
     t = time.time()
-    base = build_initramfs(pl, work)
-    timings["initramfs_s"] = round(time.time() - t, 1)
+    base = build_initramfs(pl, work, arch, busybox)
+    timings[tk + "initramfs_s"] = round(time.time() - t, 1)
+    hotadd = o.hotadd if arch.hotadd else 0
+    maxcpus_main = o.maxcpus if arch.hotadd else o.smp
+    if not arch.hotadd:
+        many = []  # the 16/32-vCPU boots are x86_64 only (see the README)
 
     override = None
-    if o.hotadd > 0 and o.acpi_override != "never":
+    if hotadd > 0 and o.acpi_override != "never":
         t = time.time()
         override = acpi_override(cache, work, base, kernels[series[0]][0], o.smp, o.maxcpus, mem_for(o.maxcpus),
                                   o.verbose)
-        timings["acpi_s"] = round(time.time() - t, 1)
+        timings[tk + "acpi_s"] = round(time.time() - t, 1)
 
     results = []
     for s in series:
         vml, info = kernels[s]
-        kr = {"series": s, "package": info, "boots": []}
-        layouts = [("main", o.smp, o.maxcpus, main_plan(pl, o))] + \
+        kr = {"arch": arch.name, "series": s, "package": info, "boots": []}
+        layouts = [("main", o.smp, maxcpus_main, main_plan(pl, o) if arch.hotadd else arm_plan(pl, o))] + \
                   [(f"smp{n}", n, n, many_plan(pl, o, n)) for n in many]
+        mods = module_order(vml.parent / "modules")
+        # /init loads these before it looks for the data channel
+        modules = [(f"modules/{k}", (vml.parent / "modules" / k).read_bytes(), 0o644) for k in mods]
+        if mods:
+            modules.append(("modules/order", "".join(f"{k}\n" for k in mods).encode(), 0o644))
+            log(f"   {s}: modules for the guest: {' '.join(mods)}")
         for bname, smp, maxcpus, plan in layouts:
-            rundir = work / s / bname
+            rundir = arch.workdir(work) / s / bname
             rundir.mkdir(parents=True, exist_ok=True)
             initrd = rundir / "initrd"
             acpi_note = None
@@ -1251,13 +1559,13 @@ def run_all(o, series, many):
                     acpi_note = "ACPI override: FADT 6.3, MADT 5 online-capable"
                 with open(base, "rb") as b:
                     shutil.copyfileobj(b, f)
-                f.write(small_cpio([("plan.sh", plan.encode(), 0o644)]))
+                f.write(small_cpio([("plan.sh", plan.encode(), 0o644)] + modules))
             (rundir / "plan.sh").write_text(plan)
             budget = 30 + 2 * smp + plan_budget(plan) + 60
             mem = mem_for(maxcpus)
-            log(f"\n== {s}: boot {bname} (-smp {smp},maxcpus={maxcpus}, limit {budget} s) {info['release']}")
+            log(f"\n== {label}{s}: boot {bname} (-smp {smp},maxcpus={maxcpus}, limit {budget} s) {info['release']}")
             retries = []
-            hot = o.hotadd if bname == "main" else 0
+            hot = hotadd if bname == "main" else 0
             over = None
             for attempt in range(2):
                 limit = budget
@@ -1271,8 +1579,8 @@ def run_all(o, series, many):
                         break
                     if limit < budget:
                         log(f"   limit cut to {limit} s by --max-minutes {o.max_minutes:g}")
-                r = boot(f"{s}/{bname}", vml, initrd, smp, maxcpus, mem, rundir, limit, o.verbose,
-                         o.hotadd_interval)
+                r = boot(f"{label}{s}/{bname}", vml, initrd, smp, maxcpus, mem, rundir, limit, o.verbose,
+                         o.hotadd_interval, arch)
                 oops = [ln for ln in r["console_tail"].splitlines()
                         if re.search(r"Oops|BUG:|Kernel panic|general protection|int3", ln)]
                 if r["boot_s"] is None:
@@ -1281,7 +1589,7 @@ def run_all(o, series, many):
                     why = f"boot attempt {attempt + 1} died before the payload: " + \
                           (" / ".join(oops[:3]) or r["status"])
                 else:
-                    steps, facts = evaluate(r, info, hot)
+                    steps, facts = evaluate(r, info, hot, require_aborts=not arch.hotadd)
                     # The emulator or the guest kernel died mid-payload (QEMU exited, an int3 Oops
                     # from TCG's code patching) while every step that finished had passed: an
                     # infrastructure failure, reported and tried again once. A step that failed,
@@ -1311,7 +1619,7 @@ def run_all(o, series, many):
             if over:
                 retries.append(over)
             if r["boot_s"] is None:
-                steps, facts = evaluate(r, info, hot)
+                steps, facts = evaluate(r, info, hot, require_aborts=not arch.hotadd)
             b = {"name": bname, "smp": smp, "maxcpus": maxcpus, "tcg": tcg_thread_for(maxcpus),
                  "status": r["status"], "boot_s": r["boot_s"],
                  "boot_retries": retries,
@@ -1330,14 +1638,47 @@ def run_all(o, series, many):
         kr["wall_s"] = round(sum(b["wall_s"] for b in kr["boots"]), 1)
         results.append(kr)
 
+    return results
+
+
+def run_all(o, series, many):
+    t_all = time.time()
+    deadline = t_all + o.max_minutes * 60 if o.max_minutes else None
+    arches = ["x86_64", "aarch64"] if o.arch == "all" else [o.arch]
+    tools = ["apt-get", "dpkg-deb", "cargo"]
+    for an in arches:
+        a = ARCHES[an]
+        tools += [a.qemu] + ([a.cc, a.tool_prefix + "readelf"] if a.target else [])
+    for tool in tools:
+        if not shutil.which(tool):
+            raise Fatal(f"{tool} is missing (ci/vm/run.sh installs the host packages)")
+    for an in arches:
+        t = ARCHES[an].target
+        if t:
+            libdir = subprocess.run(["rustc", "--print", "target-libdir", "--target", t], capture_output=True,
+                                    text=True).stdout.strip()
+            if not libdir or not any(Path(libdir).glob("libstd-*")):
+                raise Fatal(f"the Rust target {t} is not installed (rustup target add {t})")
+    cache, work = Path(o.cache).resolve(), Path(o.work).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    results = []
+    for an in arches:
+        ser = o.arm_series if an == "aarch64" else series
+        results += run_arch(o, ARCHES[an], ser, many, cache, work, deadline, timings, len(arches) > 1)
+
     for kr in results:
         print_kernel(kr)
     timings["total_s"] = round(time.time() - t_all, 1)
     log("")
     log("=" * 100)
     for kr in results:
-        log(f"{kr['series']:>5}  {'PASS' if kr['passed'] else 'FAIL'}  {kr['package'].get('release', '?'):<32} "
-            + "  ".join(f"{b['name']} {b['wall_s']} s (boot {b['boot_s']} s)" for b in kr["boots"]))
+        log(f"{kr.get('arch', 'x86_64'):>7} {kr['series']:>5}  {'PASS' if kr['passed'] else 'FAIL'}  "
+            f"{kr['package'].get('release', '?'):<32} "
+            + "  ".join(f"{b['name']} {b['wall_s']} s (boot {b['boot_s']} s)" for b in kr["boots"])
+            + restarts_line(kr))
     log("host: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     print_failures(results)
     ok = all(kr["passed"] for kr in results)

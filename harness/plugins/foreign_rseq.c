@@ -29,7 +29,7 @@
  *   area (RSEQ_FLAG_UNREGISTER) and only then puts the slot back on a free list, so the
  *   table holds one slot per thread alive, not per thread ever created.
  *
- * - Its counter. Own per-CPU counter (one 64-byte line per possible CPU) with its own x86_64
+ * - Its counter. Own per-CPU counter (one 64-byte line per possible CPU) with its own x86_64 (or aarch64)
  *   critical section and rseq_cs descriptor. Like those older users it sets rseq_cs lazily:
  *   it stores its descriptor before each section and never clears it afterwards (the kernel
  *   clears it when it finds the thread outside the section). That is harmless to the kernel
@@ -87,7 +87,16 @@ struct area {
 #define PLUGIN_AT_RSEQ_FEATURE_SIZE 27
 #define MAX_RESTARTS 256
 #define RSEQ_REGISTER_LEN 32
+#if defined(__x86_64__)
 #define RSEQ_SIG 0x53053053
+#elif defined(__aarch64__)
+/* The encoding of `brk #0x45e0`, placed before each abort handler. */
+#define RSEQ_SIG 0xd428bc00
+#endif
+/* Architectures with a critical section here; elsewhere every operation takes the fallback path. */
+#if defined(__x86_64__) || defined(__aarch64__)
+#define HAVE_RSEQ_ASM 1
+#endif
 #define RSEQ_FLAG_UNREGISTER 1
 
 /* Areas: a table of AREA_SLOTS slots, reserved once, populated as threads use it, never
@@ -166,6 +175,10 @@ static char *thread_pointer(void)
     char *tp;
     __asm__("movq %%fs:0, %0" : "=r"(tp));
     return tp;
+#elif defined(__aarch64__)
+    char *tp;
+    __asm__("mrs %0, tpidr_el0" : "=r"(tp));
+    return tp;
 #else
     return NULL;
 #endif
@@ -226,7 +239,7 @@ static void register_thread(void)
 {
     if (thread_state != T_UNTRIED || !initialised)
         return;
-#if defined(__x86_64__)
+#if defined(HAVE_RSEQ_ASM)
     uint32_t s;
     if (!take_slot(&s)) {
         atomic_fetch_add_explicit(&table_full, 1, memory_order_relaxed);
@@ -306,6 +319,47 @@ static int rseq_add_lazy(struct area *area, uint64_t amount)
         "movl $2, %[status]\n\t"
         "75:\n\t"
         : [status] "=&r"(status), [idx] "=&r"(idx)
+        : [area] "r"(area), [ioff] "r"(index_off), [nr] "r"(nr_lines), [lines] "r"(rseq_lines),
+          [amount] "r"(amount)
+        : "memory", "cc");
+    return status;
+}
+#elif defined(__aarch64__)
+/* The same section for aarch64. */
+static int rseq_add_lazy(struct area *area, uint64_t amount)
+{
+    int status;
+    uint64_t idx, v;
+    __asm__ __volatile__(
+        ".pushsection __rseq_cs, \"aw\"\n\t"
+        ".balign 32\n\t"
+        "76:\n\t"
+        ".long 0, 0\n\t"
+        ".quad 71f, (72f - 71f), 74f\n\t"
+        ".popsection\n\t"
+        "adrp %[idx], 76b\n\t"
+        "add %[idx], %[idx], :lo12:76b\n\t"
+        "str %[idx], [%[area], #8]\n\t"
+        "71:\n\t"
+        "ldr %w[idx], [%[area], %[ioff]]\n\t"
+        "cmp %[idx], %[nr]\n\t"
+        "b.hs 73f\n\t"
+        "add %[idx], %[lines], %[idx], lsl #6\n\t"
+        "ldr %[v], [%[idx]]\n\t"
+        "add %[v], %[v], %[amount]\n\t"
+        "str %[v], [%[idx]]\n\t"
+        "72:\n\t"
+        "mov %w[status], #0\n\t"
+        "b 75f\n\t"
+        "73:\n\t"
+        "mov %w[status], #1\n\t"
+        "b 75f\n\t"
+        /* The signature: the 4 bytes before the abort handler. */
+        ".inst 0xd428bc00\n\t"
+        "74:\n\t"
+        "mov %w[status], #2\n\t"
+        "75:\n\t"
+        : [status] "=&r"(status), [idx] "=&r"(idx), [v] "=&r"(v)
         : [area] "r"(area), [ioff] "r"(index_off), [nr] "r"(nr_lines), [lines] "r"(rseq_lines),
           [amount] "r"(amount)
         : "memory", "cc");
@@ -415,7 +469,7 @@ API int rhp_work(uint64_t seed)
     for (unsigned i = 0; i < n; i++) {
         uint64_t amount = 1 + next_random(&x) % 1000;
         int done = 0;
-#if defined(__x86_64__)
+#if defined(HAVE_RSEQ_ASM)
         if (area) {
             for (int tries = 0; tries < MAX_RESTARTS; tries++) {
                 int s = rseq_add_lazy(area, amount);

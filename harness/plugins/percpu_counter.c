@@ -2,7 +2,7 @@
  * percpu_counter.c - an example harness plugin written outside the project's Rust build.
  *
  * It is an independent rseq user, as someone else's library would be: its own per-CPU
- * counter, its own x86_64 critical section with its own rseq_cs descriptor, on the rseq
+ * counter, its own x86_64 or aarch64 critical section with its own rseq_cs descriptor, on the rseq
  * area in libc's thread control block (found through __rseq_offset / __rseq_size at run
  * time). When libc registered that area (__rseq_size > 0) every thread has it. When libc
  * only reserved it (__rseq_size == 0, e.g. GLIBC_TUNABLES=glibc.pthread.rseq=0), the plugin
@@ -53,9 +53,18 @@ struct slot {
 /* Restarts after which one add takes the fallback path. */
 #define MAX_RESTARTS 256
 /* Registration of libc's reserved area: its length (the original struct rseq) and the
- * signature before every abort handler (the x86 one; see rseq_add). */
+ * signature before every abort handler (per architecture; see rseq_add). */
 #define RSEQ_REGISTER_LEN 32
+#if defined(__x86_64__)
 #define RSEQ_SIG 0x53053053
+#elif defined(__aarch64__)
+/* The encoding of `brk #0x45e0`, placed before each abort handler. */
+#define RSEQ_SIG 0xd428bc00
+#endif
+/* Architectures with a critical section here; elsewhere every operation takes the fallback path. */
+#if defined(__x86_64__) || defined(__aarch64__)
+#define HAVE_RSEQ_ASM 1
+#endif
 
 /* Written only by the critical section. */
 static struct slot *rseq_slots;
@@ -118,12 +127,16 @@ static char *thread_pointer(void)
     char *tp;
     __asm__("movq %%fs:0, %0" : "=r"(tp));
     return tp;
+#elif defined(__aarch64__)
+    char *tp;
+    __asm__("mrs %0, tpidr_el0" : "=r"(tp));
+    return tp;
 #else
     return NULL;
 #endif
 }
 
-#if defined(__x86_64__)
+#if defined(HAVE_RSEQ_ASM)
 /* Registers libc's reserved area for the calling thread, once, and remembers the outcome. */
 static int register_reserved_area(char *area)
 {
@@ -144,7 +157,7 @@ static int register_reserved_area(char *area)
 /* The calling thread's area, or NULL when the fallback path must run. */
 static char *thread_area(void)
 {
-#if defined(__x86_64__)
+#if defined(HAVE_RSEQ_ASM)
     if (forced_fallback)
         return NULL;
     if (have_area)
@@ -198,6 +211,48 @@ static int rseq_add(char *area, uint64_t amount)
         "65:\n\t"
         "movq $0, 8(%[area])\n\t"
         : [status] "=&r"(status), [idx] "=&r"(idx)
+        : [area] "r"(area), [ioff] "r"(index_off), [nr] "r"(nr_slots), [slots] "r"(rseq_slots),
+          [amount] "r"(amount)
+        : "memory", "cc");
+    return status;
+}
+#elif defined(__aarch64__)
+/* The same section for aarch64. */
+static int rseq_add(char *area, uint64_t amount)
+{
+    int status;
+    uint64_t idx, v;
+    __asm__ __volatile__(
+        ".pushsection __rseq_cs, \"aw\"\n\t"
+        ".balign 32\n\t"
+        "66:\n\t"
+        ".long 0, 0\n\t"
+        ".quad 61f, (62f - 61f), 64f\n\t"
+        ".popsection\n\t"
+        "adrp %[idx], 66b\n\t"
+        "add %[idx], %[idx], :lo12:66b\n\t"
+        "str %[idx], [%[area], #8]\n\t"
+        "61:\n\t"
+        "ldr %w[idx], [%[area], %[ioff]]\n\t"
+        "cmp %[idx], %[nr]\n\t"
+        "b.hs 63f\n\t"
+        "add %[idx], %[slots], %[idx], lsl #6\n\t"
+        "ldr %[v], [%[idx]]\n\t"
+        "add %[v], %[v], %[amount]\n\t"
+        "str %[v], [%[idx]]\n\t"
+        "62:\n\t"
+        "mov %w[status], #0\n\t"
+        "b 65f\n\t"
+        "63:\n\t"
+        "mov %w[status], #1\n\t"
+        "b 65f\n\t"
+        /* The signature: the 4 bytes before the abort handler. */
+        ".inst 0xd428bc00\n\t"
+        "64:\n\t"
+        "mov %w[status], #2\n\t"
+        "65:\n\t"
+        "str xzr, [%[area], #8]\n\t"
+        : [status] "=&r"(status), [idx] "=&r"(idx), [v] "=&r"(v)
         : [area] "r"(area), [ioff] "r"(index_off), [nr] "r"(nr_slots), [slots] "r"(rseq_slots),
           [amount] "r"(amount)
         : "memory", "cc");
@@ -281,7 +336,7 @@ API int rhp_work(uint64_t seed)
     for (unsigned i = 0; i < n; i++) {
         uint64_t amount = 1 + next_random(&x) % 1000;
         int done = 0;
-#if defined(__x86_64__)
+#if defined(HAVE_RSEQ_ASM)
         if (area) {
             for (int tries = 0; tries < MAX_RESTARTS; tries++) {
                 int s = rseq_add(area, amount);
@@ -341,7 +396,7 @@ API void rhp_report(struct rhp_counts *out)
     out->aborts = atomic_load_explicit(&abort_count, memory_order_relaxed);
     out->fallback_ops = atomic_load_explicit(&fallback_count, memory_order_relaxed);
     out->checks = atomic_load_explicit(&check_count, memory_order_relaxed);
-#if defined(__x86_64__)
+#if defined(HAVE_RSEQ_ASM)
     out->flags = RHP_FLAG_REGISTERS_RESERVED_AREA;
 #endif
     /* Reporting registers nothing: a thread that has not worked yet says what it finds. */

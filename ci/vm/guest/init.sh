@@ -1,7 +1,7 @@
 #!/bin/sh
 # /init of the test VM (busybox). Runs /plan.sh, which the host writes for each boot, and
 # powers off. Human-readable output goes to the console (ttyS0); records for the host go to
-# the data channel (ttyS1), one per line, all starting with "@@ ":
+# the data channel (ttyS1, or the virtio port "data"), one per line, all starting with "@@ ":
 #   @@ BEGIN <step>             a step starts
 #   @@ END <step> rc=<n> secs=<s>
 #   @@ FACT <key> <value...>    a fact about the guest (kernel, CPUs, ...)
@@ -30,9 +30,24 @@ if mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null; then
     mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified 2>/dev/null || rmdir /sys/fs/cgroup/unified
   fi
 fi
-# The data channel is a socket on the host: raw, no echo, both ways.
-stty -F /dev/ttyS1 raw -echo 2>/dev/null
-exec 3<>/dev/ttyS1
+# Kernels that have the data channel's drivers as modules (6.1 on arm64: virtio_pci,
+# virtio_console): the host put them in /modules, dependencies first.
+if [ -f /modules/order ]; then
+  for m in $(cat /modules/order); do insmod "/modules/$m" || echo "=== insmod $m failed"; done
+  i=0
+  while [ "$i" -lt 50 ] && ! grep -qs '^data$' /sys/class/virtio-ports/*/name; do usleep 100000; i=$((i + 1)); done
+fi
+# The data channel is a socket on the host, both ways: a virtio serial port named "data" where
+# there is one (aarch64: the virt machine has a single UART, the console), else ttyS1 (x86_64),
+# raw and without echo.
+data=/dev/ttyS1
+for n in /sys/class/virtio-ports/*/name; do
+  [ "$(cat "$n" 2>/dev/null)" = data ] || continue
+  d=${n%/name}
+  data=/dev/${d##*/}
+done
+[ "$data" = /dev/ttyS1 ] && stty -F /dev/ttyS1 raw -echo 2>/dev/null
+exec 3<>"$data"
 export HOME=/tmp
 cd /tmp
 
@@ -65,6 +80,7 @@ cpu_list() { cat "/sys/devices/system/cpu/$1" 2>/dev/null; }
 
 facts() {
   rec "FACT kernel $(uname -r)"
+  rec "FACT arch $(uname -m)"
   rec "FACT possible $(cpu_list possible)"
   rec "FACT present $(cpu_list present)"
   rec "FACT online $(cpu_list online)"
@@ -75,7 +91,7 @@ facts() {
   rec "FACT uptime $(now)"
   dmesg > /tmp/dmesg.boot
   wc -l < /tmp/dmesg.boot > /tmp/dmesg.seen
-  grep -E 'hotplug CPUs|Table Upgrade|ACPI: (FACP|APIC) |Allowing .* CPUs|smpboot: Total' /tmp/dmesg.boot |
+  grep -E 'hotplug CPUs|Table Upgrade|ACPI: (FACP|APIC) |Allowing .* CPUs|smpboot: Total|SMP: Total' /tmp/dmesg.boot |
     sed 's/^\[[ 0-9.]*\] //' | while read -r l; do rec "FACT dmesg $l"; done
 }
 
