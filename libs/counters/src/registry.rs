@@ -267,17 +267,14 @@ pub(crate) fn memory() -> (u64, u64) {
 /// flight as a delete does, then frees the table, the names and the per-CPU pool.
 pub(crate) fn release_all() {
     let mut r = REGISTRY.lock();
-    let mut needed = 0;
     for slot in 0..r.nslots {
         if r.slot_names[slot].is_some() {
             let _ = table::retire(table::handle_of(slot));
-            needed = crate::fence::needed();
         }
     }
     table::unpublish_chunks();
-    if needed != 0 {
-        crate::fence::complete(needed);
-    }
+    // One fence, numbered after the last DEAD store, covers every counter.
+    crate::fence::complete(crate::fence::needed());
     for slot in 0..r.nslots {
         table::wait_for_fallback_adds_raw(slot);
     }

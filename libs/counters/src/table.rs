@@ -204,26 +204,14 @@ fn note_decrease(e: &Entry, h: u64) {
 #[cold]
 #[inline(never)]
 fn add_slow(e: &Entry, h: u64, amount: i64) -> Result<(), Error> {
-    if let Some(area) = ThreadArea::current() {
-        let words = e.words(index_of_handle(h));
-        let mut registered = false;
-        for _ in 0..rseq::ops::MAX_RESTARTS {
-            // SAFETY: as in `add`.
-            match unsafe { area.try_add_if_equal(e.handle.as_ptr(), h, &words, amount as u64) } {
-                (Outcome::Committed, _) => return Ok(()),
-                (Outcome::CompareFailed, _) => return Err(classify(h)),
-                (Outcome::Aborted, _) => {}
-                (Outcome::Unusable, _) => {
-                    // Registers the area if nobody tried in this thread yet.
-                    if registered || !area.make_usable() {
-                        break;
-                    }
-                    registered = true;
-                }
-            }
-        }
+    let words = e.words(index_of_handle(h));
+    // Restarts, and registers the area if nobody tried in this thread yet.
+    // SAFETY: as in `add`.
+    match rseq::ops::run_section(|area| unsafe { area.try_add_if_equal(e.handle.as_ptr(), h, &words, amount as u64) }) {
+        Some((Outcome::Committed, _)) => Ok(()),
+        Some(_) => Err(classify(h)),
+        None => add_fallback(e, h, amount),
     }
-    add_fallback(e, h, amount)
 }
 
 /// The fallback path: raise the in-flight count, check the handle, add, lower the count.

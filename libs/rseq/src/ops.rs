@@ -300,42 +300,27 @@ impl ThreadArea {
     }
 }
 
-/// What one attempt of a complete operation came to.
-enum Step<R> {
-    Done(R),
-    Restart,
-    Unusable,
-}
-
-impl<R> Step<R> {
-    #[inline(always)]
-    fn of(o: Outcome, done: impl FnOnce(Outcome) -> R) -> Step<R> {
-        match o {
-            Outcome::Aborted => Step::Restart,
-            Outcome::Unusable => Step::Unusable,
-            o => Step::Done(done(o)),
-        }
-    }
-}
-
-/// Runs `attempt` on the thread's area until it is done. An unusable index gets one chance:
-/// the area is registered if nobody tried yet, and the section retried. `None` when the
-/// thread has no area, the index stays unusable, or the section kept aborting: the caller
-/// then takes the fallback path.
+/// Runs one critical section (`attempt`) on the calling thread's area until it commits or
+/// its comparison fails, and returns that outcome with the attempt's value: restarts after
+/// aborts; an unusable index gets one chance — the area is registered if nobody tried yet in
+/// this thread, and the section runs again. `None` when the thread has no area, the index
+/// stays unusable (registration failed, no copy for it, a stopped copy) or the section kept
+/// aborting (`MAX_RESTARTS`): the caller then takes its fallback path. The restart and
+/// registration policy every operation (and every library's own sections) shares.
 #[inline(always)]
-fn run<R>(mut attempt: impl FnMut(ThreadArea) -> Step<R>) -> Option<R> {
+pub fn run_section<R>(mut attempt: impl FnMut(ThreadArea) -> (Outcome, R)) -> Option<(Outcome, R)> {
     let area = ThreadArea::current()?;
     let mut tried_registering = false;
     for _ in 0..MAX_RESTARTS {
         match attempt(area) {
-            Step::Done(r) => return Some(r),
-            Step::Restart => {}
-            Step::Unusable => {
+            (Outcome::Aborted, _) => {}
+            (Outcome::Unusable, _) => {
                 if tried_registering || !area.make_usable() {
                     return None;
                 }
                 tried_registering = true;
             }
+            done => return Some(done),
         }
     }
     None
@@ -366,7 +351,7 @@ pub unsafe fn percpu_add(words: &PercpuArray<u64>, fallback: &PercpuArray<Atomic
 #[inline(never)]
 unsafe fn percpu_add_slow(words: &PercpuArray<u64>, fallback: &PercpuArray<AtomicU64>, amount: u64) -> Path {
     // SAFETY: forwarded contract.
-    if run(|area| Step::of(unsafe { area.try_add(words, amount) }.0, |_| ())).is_some() {
+    if run_section(|area| unsafe { area.try_add(words, amount) }).is_some() {
         return Path::Rseq;
     }
     // SAFETY: forwarded contract.
@@ -409,12 +394,10 @@ pub unsafe fn percpu_load_compare_store(
     new: u64,
 ) -> Result<(u32, Path), (u32, Path)> {
     // SAFETY: forwarded contract.
-    let r = run(|area| {
-        let (o, cpu) = unsafe { area.try_load_compare_store(words, expect, new) };
-        Step::of(o, |o| if o == Outcome::Committed { Ok((cpu, Path::Rseq)) } else { Err((cpu, Path::Rseq)) })
-    });
-    if let Some(r) = r {
-        return r;
+    match run_section(|area| unsafe { area.try_load_compare_store(words, expect, new) }) {
+        Some((Outcome::Committed, cpu)) => return Ok((cpu, Path::Rseq)),
+        Some((_, cpu)) => return Err((cpu, Path::Rseq)),
+        None => {}
     }
     // SAFETY: forwarded contract.
     match unsafe { fallback::load_compare_store(fallback, expect, new) } {
@@ -595,10 +578,9 @@ impl PercpuStack {
     #[inline(always)]
     pub unsafe fn push(&self, value: u64) -> Result<Path, u64> {
         // SAFETY: forwarded contract.
-        let r = run(|area| Step::of(unsafe { area.try_push(self, value) }.0, |o| o == Outcome::Committed));
-        match r {
-            Some(true) => Ok(Path::Rseq),
-            Some(false) => Err(value),
+        match run_section(|area| unsafe { area.try_push(self, value) }) {
+            Some((Outcome::Committed, _)) => Ok(Path::Rseq),
+            Some(_) => Err(value),
             // SAFETY: forwarded contract.
             None => unsafe { fallback::push(&self.fallback, self.cap, value) }.map(|()| Path::Fallback),
         }
@@ -612,14 +594,14 @@ impl PercpuStack {
     #[inline(always)]
     pub unsafe fn pop(&self) -> Option<(u64, Path)> {
         // SAFETY: forwarded contract.
-        let r = run(|area| {
+        let r = run_section(|area| {
             let (o, v, _) = unsafe { area.try_pop(self) };
-            Step::of(o, |o| (o == Outcome::Committed).then_some(v))
+            (o, v)
         });
         match r {
-            Some(Some(v)) => Some((v, Path::Rseq)),
+            Some((Outcome::Committed, v)) => Some((v, Path::Rseq)),
             // SAFETY: forwarded contract.
-            Some(None) if !unsafe { fallback::has_entries(&self.fallback) } => None,
+            Some(_) if !unsafe { fallback::has_entries(&self.fallback) } => None,
             // SAFETY: forwarded contract.
             _ => unsafe { fallback::pop(&self.fallback) }.map(|v| (v, Path::Fallback)),
         }
@@ -633,12 +615,8 @@ impl PercpuStack {
     #[inline(always)]
     pub unsafe fn push_batch(&self, src: &[u64]) -> (usize, Path) {
         // SAFETY: forwarded contract.
-        let r = run(|area| {
-            let (o, k) = unsafe { area.try_push_batch(self, src) };
-            Step::of(o, |_| k)
-        });
-        match r {
-            Some(k) => (k, Path::Rseq),
+        match run_section(|area| unsafe { area.try_push_batch(self, src) }) {
+            Some((_, k)) => (k, Path::Rseq),
             // SAFETY: forwarded contract.
             None => (unsafe { fallback::push_batch(&self.fallback, self.cap, src) }, Path::Fallback),
         }
@@ -652,12 +630,8 @@ impl PercpuStack {
     #[inline(always)]
     pub unsafe fn pop_batch(&self, dst: &mut [u64]) -> (usize, Path) {
         // SAFETY: forwarded contract.
-        let r = run(|area| {
-            let (o, k) = unsafe { area.try_pop_batch(self, dst) };
-            Step::of(o, |_| k)
-        });
-        match r {
-            Some(k) if k > 0 => (k, Path::Rseq),
+        match run_section(|area| unsafe { area.try_pop_batch(self, dst) }) {
+            Some((_, k)) if k > 0 => (k, Path::Rseq),
             // SAFETY: forwarded contract.
             Some(_) if !unsafe { fallback::has_entries(&self.fallback) } => (0, Path::Rseq),
             // SAFETY: forwarded contract.
