@@ -1035,17 +1035,7 @@ def main_plan(pl: Payload, o):
     """Boot 1 of every kernel: rseq tests, a harness run, a harness run with hot-add. With
     --singlestep auto the tests that need no restart (NO_SINGLESTEP_TESTS) run first without
     single-stepping, as on aarch64 (single-stepped, lazy_state's fresh processes took minutes)."""
-    def test(name):
-        return shlex.join(["run_step", f"rseq.{name}", str(o.test_timeout), f"/payload/tests/{name}",
-                           "--test-threads=2"])
-    later = [n for n, _ in pl.tests]
-    lines = []
-    if o.singlestep == "auto":
-        lines += [test(n) for n in later if n in NO_SINGLESTEP_TESTS]
-        later = [n for n in later if n not in NO_SINGLESTEP_TESTS]
-    if o.singlestep != "off":
-        lines.append("singlestep on")
-    lines += [test(n) for n in later]
+    lines = rseq_test_steps(pl, o)
     d = o.duration
     # Single-stepping, a harness run lasts up to 5 times its scenario (its events run late).
     slow = 8 if o.singlestep != "off" else 3
@@ -1090,11 +1080,10 @@ ARM_RUNS = (("harness.cpu_id", "libc", "cpu_id"), ("harness.mm_cid", "reserved",
 NO_SINGLESTEP_TESTS = ("rseq", "lazy_state", "pool_oom", "topology", "same_cpu_preemption")
 
 
-def arm_plan(pl: Payload, o):
-    """The aarch64 boot of every kernel (-smp 2, no hot-add: QEMU 7.2's virt machine has none):
-    the rseq tests and three harness runs. With --singlestep auto, the tests that need
-    restarts and the harness runs are single-stepped, the others (NO_SINGLESTEP_TESTS) run
-    first without it; with on/off, everything is or is not."""
+def rseq_test_steps(pl: Payload, o):
+    """The libs/rseq test binaries of a boot: with --singlestep auto, NO_SINGLESTEP_TESTS
+    first without single-stepping, then single-stepping on and the others; with on/off,
+    everything is or is not."""
     def test(name):
         # same_cpu_preemption prints what it saw (sections, aborts, preemptions inside one)
         more = ["--nocapture"] if name == "same_cpu_preemption" else []
@@ -1107,7 +1096,15 @@ def arm_plan(pl: Payload, o):
         later = [n for n in later if n not in NO_SINGLESTEP_TESTS]
     if o.singlestep != "off":
         lines.append("singlestep on")
-    lines += [test(n) for n in later]
+    return lines + [test(n) for n in later]
+
+
+def arm_plan(pl: Payload, o):
+    """The aarch64 boot of every kernel (-smp 2, no hot-add: QEMU 7.2's virt machine has none):
+    the rseq tests and three harness runs. With --singlestep auto, the tests that need
+    restarts and the harness runs are single-stepped, the others (NO_SINGLESTEP_TESTS) run
+    first without it; with on/off, everything is or is not."""
+    lines = rseq_test_steps(pl, o)
     d = o.duration
     slow = 8 if o.singlestep != "off" else 3
     for name, mode, index in ARM_RUNS:

@@ -256,6 +256,15 @@ class Plan(unittest.TestCase):
         pl.tests = [("ops", Path("/x/ops")), ("same_cpu_preemption", Path("/x/s"))]
         return pl
 
+    def test_the_x86_64_main_plan_runs_the_no_restart_tests_before_single_stepping(self):
+        o = self.options(hotadd=0)
+        lines = run.main_plan(self.payload(), o).splitlines()
+        on = lines.index("singlestep on")
+        assert any("rseq.same_cpu_preemption" in l for l in lines[:on]), lines
+        assert any("rseq.ops" in l for l in lines[on:]), lines
+        assert not any("rseq.ops" in l for l in lines[:on]), lines
+        assert any("harness.cpu_id" in l for l in lines[on:]), lines
+
     def test_the_aarch64_plan_covers_modes_indexes_and_tests_single_stepped(self):
         plan = run.arm_plan(self.payload(), self.options())
         lines = plan.splitlines()
