@@ -193,3 +193,25 @@ pub unsafe fn drain(stack: &PercpuArray<u64>, cpu: usize, mut out: impl FnMut(u6
     s.set_count(0);
     n
 }
+
+/// Takes the lock of every copy of `stack`, in index order, and keeps them (for `fork`: a
+/// child must not inherit a lock held by a thread it does not have). Pair with
+/// [`unlock_all`]; nothing else may take two of these locks, so the order cannot deadlock.
+///
+/// # Safety
+/// As for [`push`]; the caller holds none of the locks.
+pub unsafe fn lock_all(stack: &PercpuArray<u64>) {
+    for cpu in 0..stack.ncpus() as usize {
+        core::mem::forget(Locked::lock(stack.ptr().at(cpu).cast()));
+    }
+}
+
+/// Releases the locks [`lock_all`] took (in the parent and in the child after `fork`).
+///
+/// # Safety
+/// As for [`push`]; the caller took them with [`lock_all`].
+pub unsafe fn unlock_all(stack: &PercpuArray<u64>) {
+    for cpu in 0..stack.ncpus() as usize {
+        drop(Locked { base: stack.ptr().at(cpu).cast() });
+    }
+}

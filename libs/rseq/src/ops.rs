@@ -427,6 +427,9 @@ pub enum DrainError {
     Busy,
     /// The fence failed (`Unsupported` before Linux 5.10): the copy was left alone.
     Fence(MembarrierError),
+    /// The stacks given to [`PercpuStack::drain_sharing_stop`] do not share their stopped
+    /// words and index.
+    NotShared,
 }
 
 impl core::fmt::Display for DrainError {
@@ -435,6 +438,7 @@ impl core::fmt::Display for DrainError {
             DrainError::OutOfRange => f.write_str("no per-CPU copy has this index"),
             DrainError::Busy => f.write_str("another thread is draining this index"),
             DrainError::Fence(e) => write!(f, "cannot fence the index's CPU: {e}"),
+            DrainError::NotShared => f.write_str("the stacks do not share their stopped words"),
         }
     }
 }
@@ -654,12 +658,35 @@ impl PercpuStack {
     /// # Safety
     /// As for [`PercpuStack::push`].
     pub unsafe fn drain(&self, i: u32, mut out: impl FnMut(u64)) -> Result<usize, DrainError> {
-        let stopped_word =
-            self.stopped.get(i as usize).filter(|_| i < self.rseq.ncpus()).ok_or(DrainError::OutOfRange)?;
-        // SAFETY: a live stopped word of the stack.
+        // SAFETY: forwarded contract.
+        unsafe { Self::drain_sharing_stop(core::slice::from_ref(self), i, |_, v| out(v)) }
+    }
+
+    /// [`drain`](Self::drain) of index `i` of several stacks that share their stopped words
+    /// (e.g. every size class of one CPU cache), behind **one** stop and one fence: `out`
+    /// gets the position of the stack in `stacks` and each value. Returns how many values
+    /// were taken in all. `Err(DrainError::NotShared)` when the stacks do not share their
+    /// stopped words and index (nothing is touched then).
+    ///
+    /// # Safety
+    /// As for [`PercpuStack::push`], for every stack; `out` uses none of them.
+    pub unsafe fn drain_sharing_stop(
+        stacks: &[PercpuStack],
+        i: u32,
+        mut out: impl FnMut(usize, u64),
+    ) -> Result<usize, DrainError> {
+        let Some(first) = stacks.first() else { return Ok(0) };
+        if stacks.iter().any(|s| s.stopped.base() != first.stopped.base() || s.rseq.index() != first.rseq.index()) {
+            return Err(DrainError::NotShared);
+        }
+        if stacks.iter().any(|s| i >= s.rseq.ncpus()) {
+            return Err(DrainError::OutOfRange);
+        }
+        let stopped_word = first.stopped.get(i as usize).ok_or(DrainError::OutOfRange)?;
+        // SAFETY: a live stopped word of the stacks.
         let stopped = unsafe { &*stopped_word };
         stopped.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).map_err(|_| DrainError::Busy)?;
-        let target = match self.rseq.index() {
+        let target = match first.rseq.index() {
             Index::CpuId => Some(i),
             Index::MmCid => None,
         };
@@ -667,25 +694,51 @@ impl PercpuStack {
             stopped.store(0, Ordering::Release);
             return Err(DrainError::Fence(e));
         }
-        let copy = self.rseq.ptr().at(i as usize);
-        // SAFETY: the copy is ours until the stopped word is cleared (see above): no section
-        // writes it, so plain accesses are exclusive. `count <= cap` slots follow the count.
-        let n = unsafe {
-            let count = copy.read_volatile() as usize;
-            for k in 0..count.min(self.cap) {
-                out(copy.add(1 + k).read_volatile());
+        let mut n = 0;
+        for (pos, s) in stacks.iter().enumerate() {
+            let copy = s.rseq.ptr().at(i as usize);
+            // SAFETY: the copy is ours until the stopped word is cleared (see `drain`): no
+            // section writes it, so plain accesses are exclusive. `count <= cap` slots follow
+            // the count.
+            unsafe {
+                let count = (copy.read_volatile() as usize).min(s.cap);
+                for k in 0..count {
+                    out(pos, copy.add(1 + k).read_volatile());
+                }
+                copy.write_volatile(0);
+                n += count;
             }
-            copy.write_volatile(0);
-            count.min(self.cap)
-        };
+        }
         stopped.store(0, Ordering::Release);
-        let f = if (i as usize) < self.fallback.ncpus() as usize {
-            // SAFETY: forwarded contract; `i` is in range.
-            unsafe { fallback::drain(&self.fallback, i as usize, out) }
-        } else {
-            0
-        };
-        Ok(n + f)
+        for (pos, s) in stacks.iter().enumerate() {
+            if (i as usize) < s.fallback.ncpus() as usize {
+                // SAFETY: forwarded contract; `i` is in range.
+                n += unsafe { fallback::drain(&s.fallback, i as usize, |v| out(pos, v)) };
+            }
+        }
+        Ok(n)
+    }
+
+    /// Takes the fallback half's lock of every index and keeps them, e.g. in a
+    /// `pthread_atfork` prepare handler, so that a forked child inherits no lock held by a
+    /// thread it does not have. Release with [`release_fallback_locks`](Self::release_fallback_locks)
+    /// in the parent and in the child. (The rseq half needs nothing: a section either
+    /// committed before `fork` or never will.)
+    ///
+    /// # Safety
+    /// As for [`PercpuStack::push`]; the calling thread holds none of the locks.
+    pub unsafe fn hold_fallback_locks(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { fallback::lock_all(&self.fallback) }
+    }
+
+    /// Releases what [`hold_fallback_locks`](Self::hold_fallback_locks) took.
+    ///
+    /// # Safety
+    /// The calling thread (or, in a forked child, its parent thread) took them.
+    pub unsafe fn release_fallback_locks(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { fallback::unlock_all(&self.fallback) }
     }
 
     /// Values held by index `i` (both halves) right now; `None` when out of range. For tests
