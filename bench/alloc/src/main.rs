@@ -181,7 +181,8 @@ fn resolve_allocators(args: &Args) -> Result<(Vec<Allocator>, Vec<(String, Strin
                         "not found at {} (build it with `cargo build --release`, or point --ours / PALLOC_PRELOAD at it)",
                         list.join(" or ")
                     );
-                    if explicit && (args.ours.is_some() || std::env::var_os("PALLOC_PRELOAD").is_some()) {
+                    // A path the user gave must exist; the default location may not yet.
+                    if args.ours.is_some() || std::env::var_os("PALLOC_PRELOAD").is_some() {
                         bail!("ours: {why}");
                     }
                     skipped.push((spec.clone(), why));
