@@ -124,7 +124,7 @@ struct Report {
     nproc: usize,
     kernel: String,
     allocators: Vec<Allocator>,
-    skipped: Vec<(String, String)>,
+    skipped: Vec<Skipped>,
     ratio_pairs: Vec<(String, String)>,
     cells: Vec<Cell>,
 }
@@ -156,8 +156,11 @@ fn ours_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
-/// Resolves the allocator list; returns the allocators to run and those skipped (name, why).
-fn resolve_allocators(args: &Args) -> Result<(Vec<Allocator>, Vec<(String, String)>)> {
+/// An allocator left out of the run: (name, why).
+type Skipped = (String, String);
+
+/// Resolves the allocator list; returns the allocators to run and those skipped.
+fn resolve_allocators(args: &Args) -> Result<(Vec<Allocator>, Vec<Skipped>)> {
     let explicit = args.allocators.is_some();
     let names: Vec<String> = args
         .allocators
