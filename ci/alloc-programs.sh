@@ -25,7 +25,7 @@ done
 # ld.so skips a preload it cannot load and still runs the program: check that it loads.
 if ! LD_PRELOAD=$lib cat /proc/self/maps 2>/dev/null | grep -qF "$lib"; then
   echo "alloc-programs: LD_PRELOAD=$lib is not loaded by ld.so:" >&2
-  LD_PRELOAD=$lib true 2>&1 | head -3 >&2
+  LD_PRELOAD=$lib /bin/true 2>&1 | head -3 >&2
   exit 2
 fi
 
