@@ -21,6 +21,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   for i in 1 2 3; do apt-get update -qq && break || sleep 5; done
   apt-get install -y -qq "${pkgs[@]}"
 fi
+# The allocator benchmark's peers (bench/alloc, by LD_PRELOAD) and the real programs that
+# ci/alloc-programs.sh runs under a drop-in malloc.
+alloc_pkgs=()
+for pkg in libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 sqlite3 git gcc python3; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || alloc_pkgs+=("$pkg")
+done
+if [ ${#alloc_pkgs[@]} -gt 0 ]; then
+  echo "installing: ${alloc_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  for i in 1 2 3; do apt-get update -qq && break || sleep 5; done
+  apt-get install -y -qq "${alloc_pkgs[@]}"
+fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
