@@ -52,6 +52,21 @@ fn small(c: usize) -> *mut u8 {
         _ => central_one(c),
     };
     if p == 0 {
+        return small_after_oom(c);
+    }
+    if check_on() {
+        mark_allocated(p);
+    }
+    p as *mut u8
+}
+
+/// Out of memory for class `c`: return what the caches hold (empty chunks can then serve
+/// this class) and try once more.
+#[cold]
+fn small_after_oom(c: usize) -> *mut u8 {
+    trim();
+    let p = central_one(c);
+    if p == 0 {
         sys::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
@@ -251,6 +266,7 @@ pub fn trim() -> bool {
         k.drain_all();
     }
     central::flush_all();
+    let unmapped = central::unmap_empty_chunks();
     sys::set_errno(e);
-    central::CENTRAL.iter().map(|c| c.lock().releases).sum::<u64>() > before
+    unmapped > 0 || central::CENTRAL.iter().map(|c| c.lock().releases).sum::<u64>() > before
 }

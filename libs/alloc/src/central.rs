@@ -339,6 +339,47 @@ pub fn flush_all() {
     }
 }
 
+impl Central {
+    /// Unmaps the class's chunks whose spans are all empty (after a flush), so that their
+    /// address space can serve any class (under `RLIMIT_AS`, or after a phase that used one
+    /// class heavily). Their records stay in the metadata arena, unused.
+    fn unmap_empty_chunks(&mut self) -> usize {
+        let mut freed = 0;
+        let mut link: *mut *mut Chunk = &mut self.chunks;
+        // SAFETY: chunk records of this class, under its lock; `link` points at the field
+        // that holds the current chunk.
+        unsafe {
+            while !(*link).is_null() {
+                let ch = *link;
+                let chr = &mut *ch;
+                let empty = chr.spans[..chr.used as usize].iter().all(|s| s.carved == 0);
+                if !empty || chr.used == 0 {
+                    link = &mut chr.next;
+                    continue;
+                }
+                for i in 0..chr.used as usize {
+                    let sp: *mut Span = &mut chr.spans[i];
+                    if (*sp).listed {
+                        self.unlist(sp);
+                    }
+                }
+                *link = chr.next;
+                pagemap::insert(chr.base, ptr::null_mut());
+                sys::unmap(chr.base as *mut u8, CHUNK);
+                CHUNK_BYTES.fetch_sub(CHUNK as u64, Ordering::Relaxed);
+                freed += 1;
+            }
+        }
+        freed
+    }
+}
+
+/// Unmaps every chunk whose spans are all empty (see `Central::unmap_empty_chunks`);
+/// returns how many.
+pub fn unmap_empty_chunks() -> usize {
+    CENTRAL.iter().map(|c| c.lock().unmap_empty_chunks()).sum()
+}
+
 /// Per class: what the central layer holds.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct ClassCounts {
