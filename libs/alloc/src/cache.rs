@@ -147,6 +147,7 @@ pub fn get() -> Option<&'static Caches> {
 }
 
 /// The layer if built, without building it.
+#[inline(always)]
 pub fn built() -> Option<&'static Caches> {
     let p = CACHES.load(Ordering::Acquire);
     // SAFETY: as in `get`.

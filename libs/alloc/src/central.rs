@@ -111,6 +111,14 @@ pub struct Central {
     chunks: *mut Chunk,
     /// Spans given back to the kernel since start.
     pub releases: u64,
+    /// Empty spans kept backed (up to `keep_empty`), so that a class that empties and
+    /// refills a span does not fault its pages in again each time.
+    empty_kept: usize,
+}
+
+/// Empty spans a class keeps backed: about 256 KiB worth, at least one.
+fn keep_empty(c: usize) -> usize {
+    (256 * 1024 / class::span_bytes(c)).max(1)
 }
 
 // SAFETY: the raw pointers name records and memory owned by the allocator, used under the
@@ -124,6 +132,7 @@ const CENTRAL_INIT: SpinLock<Central> = SpinLock::new(Central {
     partial: ptr::null_mut(),
     chunks: ptr::null_mut(),
     releases: 0,
+    empty_kept: 0,
 });
 
 /// Every class's central state.
@@ -206,6 +215,9 @@ impl Central {
             // SAFETY: a live, listed span of this class; its free objects hold the links.
             unsafe {
                 let sp = &mut *s;
+                if sp.nfree > 0 && sp.nfree == sp.carved {
+                    self.empty_kept -= 1;
+                }
                 while n < out.len() && sp.nfree > 0 {
                     let p = sp.free;
                     sp.free = (p as *const u64).read();
@@ -243,17 +255,35 @@ impl Central {
             if !sp.listed {
                 self.list(s);
             }
-            if sp.nfree == sp.carved && !(self.partial == s && sp.next.is_null()) {
-                // Every object cut is free again: give the pages back, cut anew later.
-                sys::release(sp.start as *mut u8, 1usize << ch.span_shift);
-                sp.free = 0;
-                sp.nfree = 0;
-                sp.carved = 0;
-                sp.backed = false;
-                self.releases += 1;
-                let _ = c;
+            if sp.nfree == sp.carved {
+                if self.empty_kept < keep_empty(c) {
+                    self.empty_kept += 1;
+                } else {
+                    release_span(sp, ch.span_shift);
+                    self.releases += 1;
+                }
             }
         }
+    }
+
+    /// Gives the pages of every kept empty span back (trim).
+    fn release_kept(&mut self) {
+        let mut ch = self.chunks;
+        // SAFETY: chunk records of this class, under its lock.
+        unsafe {
+            while !ch.is_null() {
+                let chr = &mut *ch;
+                for i in 0..chr.used as usize {
+                    let sp = &mut chr.spans[i];
+                    if sp.carved > 0 && sp.nfree == sp.carved {
+                        release_span(sp, chr.span_shift);
+                        self.releases += 1;
+                    }
+                }
+                ch = chr.next;
+            }
+        }
+        self.empty_kept = 0;
     }
 
     /// Takes `objs` back: onto the transfer stack while it has room, the rest to spans.
@@ -278,6 +308,16 @@ impl Central {
             self.to_span(c, p);
         }
     }
+}
+
+/// Every object cut from the span is free again: give its pages back, cut anew later.
+fn release_span(sp: &mut Span, span_shift: u32) {
+    // SAFETY: the span holds no live object; its pages are ours.
+    unsafe { sys::release(sp.start as *mut u8, 1usize << span_shift) };
+    sp.free = 0;
+    sp.nfree = 0;
+    sp.carved = 0;
+    sp.backed = false;
 }
 
 fn new_chunk(c: usize, prev: *mut Chunk) -> Option<*mut Chunk> {
@@ -335,7 +375,9 @@ pub fn give(c: usize, objs: &[u64]) {
 /// Returns every class's transfer stack to its spans (which releases empty spans).
 pub fn flush_all() {
     for (c, central) in CENTRAL.iter().enumerate() {
-        central.lock().flush(c);
+        let mut g = central.lock();
+        g.flush(c);
+        g.release_kept();
     }
 }
 
@@ -470,6 +512,7 @@ pub unsafe fn unmap_all() {
         g.chunks = ptr::null_mut();
         g.partial = ptr::null_mut();
         g.ntransfer = 0;
+        g.empty_kept = 0;
     }
     pagemap::clear();
     CHUNK_BYTES.store(0, Ordering::Relaxed);
