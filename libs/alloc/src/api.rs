@@ -1,6 +1,10 @@
 //! The allocation functions with C semantics (null, `errno`, zero sizes, alignment), used by
 //! the prefixed C API ([`crate::ffi`]), the drop-in build and the Rust [`crate::Palloc`].
 
+// The functions take C's contract: any pointer the caller passes must be one this allocator
+// handed out (or, in the drop-in, glibc's); they check what is cheap to check (README).
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 use core::ptr;
 use core::sync::atomic::Ordering;
 
@@ -92,7 +96,7 @@ pub fn malloc(size: usize) -> *mut u8 {
     if size <= MAX_SMALL {
         small(class::class_of(size))
     } else {
-        large::alloc(size, sys::PAGE)
+        large::alloc(size, sys::PAGE, false)
     }
 }
 
@@ -102,10 +106,12 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
         sys::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
+    if total > MAX_SMALL {
+        return large::alloc(total, sys::PAGE, true);
+    }
     let p = malloc(total);
-    if !p.is_null() && total <= MAX_SMALL {
-        // SAFETY: a fresh block of at least `total` bytes (large blocks are fresh mappings,
-        // already zero).
+    if !p.is_null() {
+        // SAFETY: a fresh block of at least `total` bytes.
         unsafe { ptr::write_bytes(p, 0, total) };
     }
     p
@@ -123,12 +129,12 @@ pub fn aligned(align: usize, size: usize) -> *mut u8 {
         // 64 KiB: a class whose size is a multiple of `align` gives aligned objects, and
         // the next power of two is always such a class.
         let mut c = class::class_of(want);
-        while class::class_size(c) % align != 0 {
+        while !class::class_size(c).is_multiple_of(align) {
             c += 1;
         }
         return small(c);
     }
-    large::alloc(size.max(1), align.max(sys::PAGE))
+    large::alloc(size.max(1), align.max(sys::PAGE), false)
 }
 
 #[cold]
@@ -266,7 +272,9 @@ pub fn trim() -> bool {
         k.drain_all();
     }
     central::flush_all();
-    let unmapped = central::unmap_empty_chunks();
+    let had_cached = large::CACHED_BYTES.load(Ordering::Relaxed) > 0;
+    large::unmap_cached();
+    let unmapped = central::unmap_empty_chunks() + had_cached as usize;
     sys::set_errno(e);
     unmapped > 0 || central::CENTRAL.iter().map(|c| c.lock().releases).sum::<u64>() > before
 }

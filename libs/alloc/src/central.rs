@@ -116,9 +116,9 @@ pub struct Central {
     empty_kept: usize,
 }
 
-/// Empty spans a class keeps backed: about 256 KiB worth, at least one.
+/// Empty spans a class keeps backed: 128 KiB worth (none for classes with bigger spans).
 fn keep_empty(c: usize) -> usize {
-    (256 * 1024 / class::span_bytes(c)).max(1)
+    128 * 1024 / class::span_bytes(c)
 }
 
 // SAFETY: the raw pointers name records and memory owned by the allocator, used under the
@@ -240,7 +240,7 @@ impl Central {
     }
 
     /// Returns one object to its span.
-    fn to_span(&mut self, c: usize, p: u64) {
+    fn return_to_span(&mut self, c: usize, p: u64) {
         let chunk = pagemap::lookup(p as usize);
         debug_assert!(!chunk.is_null());
         // SAFETY: `p` is an object of class `c` (checked when it was freed), so its chunk
@@ -296,7 +296,7 @@ impl Central {
             i += 1;
         }
         for &p in &objs[i..] {
-            self.to_span(c, p);
+            self.return_to_span(c, p);
         }
     }
 
@@ -305,7 +305,7 @@ impl Central {
         while self.ntransfer > 0 {
             self.ntransfer -= 1;
             let p = self.transfer[self.ntransfer];
-            self.to_span(c, p);
+            self.return_to_span(c, p);
         }
     }
 }

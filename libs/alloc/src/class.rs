@@ -35,7 +35,7 @@ pub const fn class_size(c: usize) -> usize {
 pub fn class_of(size: usize) -> usize {
     debug_assert!(size <= MAX_SMALL);
     if size <= 128 {
-        (size.max(1) + 15) / 16 - 1
+        size.max(1).div_ceil(16) - 1
     } else {
         let s = size - 1;
         let lg = (usize::BITS - 1 - s.leading_zeros()) as usize;
@@ -100,10 +100,10 @@ pub const fn span_bytes(c: usize) -> usize {
 }
 
 /// Objects the central layer keeps in its transfer stack of class `c` before it returns
-/// them to their spans (about 512 KiB worth, at least 2, at most 256).
+/// them to their spans (about 256 KiB worth, at least 2, at most 256).
 #[inline]
 pub const fn transfer_capacity(c: usize) -> usize {
-    let n = 512 * 1024 / class_size(c);
+    let n = 256 * 1024 / class_size(c);
     if n < 2 {
         2
     } else if n > TRANSFER_MAX {
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn per_cpu_bound_and_stack_shapes() {
-        assert!(PERCPU_BYTES_MAX <= 1536 * 1024, "{PERCPU_BYTES_MAX}");
+        const { assert!(PERCPU_BYTES_MAX <= 1536 * 1024) };
         for c in 0..NCLASSES {
             let cap = cache_capacity(c);
             assert_eq!(cap == 0, c >= NCACHED);
@@ -185,7 +185,7 @@ mod tests {
                 assert!(batch(c) >= 1 && batch(c) <= cap && batch(c) <= MAX_BATCH);
             }
             assert!(span_bytes(c) / class_size(c) >= 8 || span_bytes(c) == CHUNK);
-            assert!(CHUNK % span_bytes(c) == 0 && span_bytes(c) % (64 * 1024) == 0);
+            assert!(CHUNK.is_multiple_of(span_bytes(c)) && span_bytes(c).is_multiple_of(64 * 1024));
             assert!(transfer_capacity(c) <= TRANSFER_MAX);
         }
     }

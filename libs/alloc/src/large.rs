@@ -22,6 +22,65 @@ unsafe impl Send for Table {}
 
 static TABLE: SpinLock<Table> = SpinLock::new(Table { slots: ptr::null_mut(), cap: 0, used: 0, filled: 0 });
 
+/// Freed large mappings kept for reuse (a program that allocates and frees blocks of a few
+/// hundred KiB would otherwise pay a mapping, page faults and an unmapping every time):
+/// at most `CACHE_SLOTS` blocks and `CACHE_BYTES` in all; `trim` unmaps them.
+const CACHE_SLOTS: usize = 16;
+const CACHE_BYTES: usize = 8 << 20;
+
+struct Cache {
+    blocks: [(usize, usize); CACHE_SLOTS],
+    n: usize,
+    bytes: usize,
+}
+
+static CACHE: SpinLock<Cache> = SpinLock::new(Cache { blocks: [(0, 0); CACHE_SLOTS], n: 0, bytes: 0 });
+
+/// Bytes of freed large blocks kept for reuse.
+pub static CACHED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A cached mapping of `len..=len + len / 4` bytes aligned to `align`, taken out of the cache.
+fn reuse(len: usize, align: usize) -> Option<(usize, usize)> {
+    let mut c = CACHE.lock();
+    let i = (0..c.n).find(|&i| {
+        let (a, l) = c.blocks[i];
+        l >= len && l - len <= len / 4 && a & (align - 1) == 0
+    })?;
+    let b = c.blocks[i];
+    c.n -= 1;
+    c.blocks[i] = c.blocks[c.n];
+    c.bytes -= b.1;
+    CACHED_BYTES.store(c.bytes as u64, Ordering::Relaxed);
+    Some(b)
+}
+
+/// Keeps a freed mapping for reuse; false when the cache is full.
+fn keep(addr: usize, len: usize) -> bool {
+    let mut c = CACHE.lock();
+    if c.n == CACHE_SLOTS || c.bytes + len > CACHE_BYTES {
+        return false;
+    }
+    let n = c.n;
+    c.blocks[n] = (addr, len);
+    c.n += 1;
+    c.bytes += len;
+    CACHED_BYTES.store(c.bytes as u64, Ordering::Relaxed);
+    true
+}
+
+/// Unmaps every cached mapping (trim, unload).
+pub fn unmap_cached() {
+    let mut c = CACHE.lock();
+    for i in 0..c.n {
+        let (a, l) = c.blocks[i];
+        // SAFETY: cached mappings are ours and unused.
+        unsafe { sys::unmap(a as *mut u8, l) };
+    }
+    c.n = 0;
+    c.bytes = 0;
+    CACHED_BYTES.store(0, Ordering::Relaxed);
+}
+
 /// Bytes mapped for large allocations (live).
 pub static LARGE_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Live large allocations.
@@ -107,16 +166,34 @@ impl Table {
     }
 }
 
-/// Maps a large block of at least `size` bytes aligned to `align` (a power of two);
-/// null with `errno = ENOMEM` when the kernel refuses.
-pub fn alloc(size: usize, align: usize) -> *mut u8 {
+/// Maps a large block of at least `size` bytes aligned to `align` (a power of two), zeroed
+/// when `zeroed` (fresh mappings are; reused ones are cleared); null with `errno = ENOMEM`
+/// when the kernel refuses.
+pub fn alloc(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     let Some(len) = size.checked_add(sys::PAGE - 1).map(|n| n & !(sys::PAGE - 1)) else {
         sys::set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    let Some(p) = sys::map_aligned(len, align) else {
-        sys::set_errno(libc::ENOMEM);
-        return ptr::null_mut();
+    let (p, len) = match reuse(len, align) {
+        Some((a, l)) => {
+            if zeroed {
+                // SAFETY: a cached mapping of `l >= size` bytes, ours.
+                unsafe { ptr::write_bytes(a as *mut u8, 0, size) };
+            }
+            (a as *mut u8, l)
+        }
+        None => match sys::map_aligned(len, align) {
+            Some(p) => (p, len),
+            None => {
+                // Cached mappings may be what uses up the address space.
+                unmap_cached();
+                let Some(p) = sys::map_aligned(len, align) else {
+                    sys::set_errno(libc::ENOMEM);
+                    return ptr::null_mut();
+                };
+                (p, len)
+            }
+        },
     };
     if !TABLE.lock().insert(p as usize, len) {
         // SAFETY: the mapping just made.
@@ -154,10 +231,12 @@ pub fn free(p: usize) -> bool {
         t.used -= 1;
         len
     };
-    let e = sys::errno();
-    // SAFETY: the block was ours and is no longer recorded.
-    unsafe { sys::unmap(p as *mut u8, len) };
-    sys::set_errno(e);
+    if !keep(p, len) {
+        let e = sys::errno();
+        // SAFETY: the block was ours and is no longer recorded.
+        unsafe { sys::unmap(p as *mut u8, len) };
+        sys::set_errno(e);
+    }
     LARGE_BYTES.fetch_sub(len as u64, Ordering::Relaxed);
     LARGE_COUNT.fetch_sub(1, Ordering::Relaxed);
     true
@@ -193,6 +272,7 @@ pub fn resize(p: usize, old: usize, size: usize) -> *mut u8 {
 /// Fork support.
 pub fn hold() {
     TABLE.hold();
+    CACHE.hold();
 }
 
 /// See [`hold`].
@@ -201,7 +281,10 @@ pub fn hold() {
 /// After [`hold`], in the same thread or the child forked from it.
 pub unsafe fn release_held() {
     // SAFETY: forwarded contract.
-    unsafe { TABLE.release_held() }
+    unsafe {
+        CACHE.release_held();
+        TABLE.release_held();
+    }
 }
 
 /// At unload: unmaps every large block and the table.
@@ -209,6 +292,7 @@ pub unsafe fn release_held() {
 /// # Safety
 /// Nothing uses the blocks any more.
 pub unsafe fn unmap_all() {
+    unmap_cached();
     let mut t = TABLE.lock();
     for i in 0..t.cap {
         // SAFETY: `i < cap`; live slots name our mappings.

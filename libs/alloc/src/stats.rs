@@ -125,10 +125,11 @@ pub fn stats() -> Stats {
     s.metadata_bytes = meta::mapped_bytes() as u64;
     s.large_count = large::LARGE_COUNT.load(Ordering::Relaxed);
     s.large_bytes = large::LARGE_BYTES.load(Ordering::Relaxed);
-    s.mapped_bytes += s.chunk_bytes + s.metadata_bytes + s.large_bytes;
+    let large_cached = large::CACHED_BYTES.load(Ordering::Relaxed);
+    s.mapped_bytes += s.chunk_bytes + s.metadata_bytes + s.large_bytes + large_cached;
     let mut chunk_res = 0;
     central::for_each_chunk(|b| chunk_res += chunk_resident(b));
-    s.resident_bytes += chunk_res + s.metadata_bytes + s.large_bytes;
+    s.resident_bytes += chunk_res + s.metadata_bytes + s.large_bytes + large_cached;
     s.drains = cache::DRAINS.load(Ordering::Relaxed);
     s.drain_failures = cache::DRAIN_FAILURES.load(Ordering::Relaxed);
     s.drained_objects = cache::DRAINED_OBJECTS.load(Ordering::Relaxed);

@@ -55,8 +55,12 @@ fn rtld_global_replaces_no_malloc_and_dlclose_returns_memory() {
         assert!(object_of(m).contains("libc.so"), "malloc now comes from {}", object_of(m));
         assert!(!pm.is_null() && !pf.is_null());
         // SAFETY: the exported functions have these C signatures.
-        let (pm, pf): (extern "C" fn(usize) -> *mut c_void, extern "C" fn(*mut c_void)) =
-            unsafe { (std::mem::transmute(pm), std::mem::transmute(pf)) };
+        let (pm, pf): (extern "C" fn(usize) -> *mut c_void, extern "C" fn(*mut c_void)) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, extern "C" fn(usize) -> *mut c_void>(pm),
+                std::mem::transmute::<*mut c_void, extern "C" fn(*mut c_void)>(pf),
+            )
+        };
         let blocks: Vec<_> = (0..2000).map(|i| pm(16 + i * 37)).chain([pm(5 << 20)]).collect();
         assert!(blocks.iter().all(|p| !p.is_null()));
         for p in blocks {

@@ -49,7 +49,7 @@ fn exact_accounting_under_signals() {
     // SAFETY: installing a handler that only increments an atomic.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = touch_on_signal as usize;
+        sa.sa_sigaction = touch_on_signal as extern "C" fn(libc::c_int) as usize;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
     }
     let base = stats().live_objects;
@@ -217,7 +217,7 @@ fn child_fork() {
                     for p in ps {
                         palloc_free(p);
                     }
-                    if i % 97 == 0 {
+                    if i.is_multiple_of(97) {
                         palloc_trim();
                     }
                     i += 1;

@@ -581,6 +581,21 @@ impl PercpuStack {
     /// The stack's memory is alive.
     #[inline(always)]
     pub unsafe fn push(&self, value: u64) -> Result<Path, u64> {
+        // One section inline (an allocator's free path); restarts, registration, a full
+        // stack and the fallback out of line, so the common path keeps few registers live.
+        if let Some(area) = ThreadArea::current() {
+            // SAFETY: forwarded contract.
+            if let (Outcome::Committed, _) = unsafe { area.try_push(self, value) } {
+                return Ok(Path::Rseq);
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.push_slow(value) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn push_slow(&self, value: u64) -> Result<Path, u64> {
         // SAFETY: forwarded contract.
         match run_section(|area| unsafe { area.try_push(self, value) }) {
             Some((Outcome::Committed, _)) => Ok(Path::Rseq),
@@ -597,6 +612,20 @@ impl PercpuStack {
     /// As for [`PercpuStack::push`].
     #[inline(always)]
     pub unsafe fn pop(&self) -> Option<(u64, Path)> {
+        // One section inline, as in `push`.
+        if let Some(area) = ThreadArea::current() {
+            // SAFETY: forwarded contract.
+            if let (Outcome::Committed, v, _) = unsafe { area.try_pop(self) } {
+                return Some((v, Path::Rseq));
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.pop_slow() }
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn pop_slow(&self) -> Option<(u64, Path)> {
         // SAFETY: forwarded contract.
         let r = run_section(|area| {
             let (o, v, _) = unsafe { area.try_pop(self) };
