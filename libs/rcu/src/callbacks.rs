@@ -1,0 +1,217 @@
+//! `call_rcu`: callbacks queued until a grace period has elapsed, run by one background
+//! worker that this library starts on first use (and again in a forked child, where the
+//! parent's worker does not exist). The worker takes the whole queue, waits one grace
+//! period for the batch, and runs it in order; `barrier` waits until everything queued
+//! before it has run.
+//!
+//! Memory is one 16-byte entry per outstanding callback (no per-thread state).
+//!
+//! Fork: the child keeps the queue and runs it with a new worker; callbacks that the
+//! parent's worker had already taken are not run in the child (they run in the parent; the
+//! child only leaks its copy of their objects, never runs one twice).
+//!
+//! Unload: a `dlclose` waits until every queued callback has run, then stops and joins the
+//! worker, so no thread is left in unmapped code ([`stop_at_unload`]).
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use crate::lock::Lock;
+
+/// A C callback and its argument.
+#[derive(Clone, Copy)]
+pub(crate) struct Callback {
+    pub func: unsafe extern "C" fn(*mut c_void),
+    pub arg: *mut c_void,
+}
+// SAFETY: the caller of `call_rcu` hands the pointer over to whatever thread runs it.
+unsafe impl Send for Callback {}
+
+pub(crate) static QUEUE: Lock<Vec<Callback>> = Lock::new(Vec::new());
+/// Callbacks queued / run so far (a barrier waits for `run` to reach `queued`).
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static RUN: AtomicU64 = AtomicU64::new(0);
+/// Taken by the worker and not yet run.
+static IN_HAND: AtomicU64 = AtomicU64::new(0);
+/// Poll requests: the worker runs a grace period even with an empty queue.
+static GP_WANTED: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Batches (grace periods waited by the worker).
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+
+const NONE: u8 = 0;
+const STARTING: u8 = 1;
+const RUNNING: u8 = 2;
+static WORKER: AtomicU8 = AtomicU8::new(NONE);
+static HANDLE: Lock<Option<std::thread::JoinHandle<()>>> = Lock::new(None);
+
+/// Queues `cb` to run after a grace period. Not async-signal-safe (it may allocate).
+pub(crate) fn call(cb: Callback) {
+    {
+        let mut q = QUEUE.lock();
+        q.push(cb);
+        QUEUED.fetch_add(1, Ordering::SeqCst);
+    }
+    ensure_worker();
+    wake();
+}
+
+/// Asks the worker for a grace period (the polling API) without queueing anything.
+pub(crate) fn want_grace_period() {
+    GP_WANTED.store(true, Ordering::SeqCst);
+    ensure_worker();
+    wake();
+}
+
+/// Waits until every callback queued before the call has run. Aborts (checking mode) when
+/// called inside a read section, and when called from a callback (it would wait for
+/// itself).
+pub(crate) fn barrier() {
+    crate::check::not_in_reader("prcu_barrier");
+    if worker_is_me() {
+        crate::fatal("prcu: prcu_barrier called from an RCU callback: it would wait for itself forever");
+    }
+    let target = QUEUED.load(Ordering::SeqCst);
+    if RUN.load(Ordering::SeqCst) >= target {
+        return;
+    }
+    ensure_worker();
+    wake();
+    let mut spins = 0u32;
+    while RUN.load(Ordering::SeqCst) < target {
+        spins += 1;
+        std::thread::sleep(Duration::from_micros(if spins < 20 { 20 } else { 500 }));
+    }
+}
+
+pub(crate) fn counts() -> (u64, u64, u64) {
+    (QUEUED.load(Ordering::SeqCst), RUN.load(Ordering::SeqCst), BATCHES.load(Ordering::SeqCst))
+}
+
+static WORKER_TID: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+fn worker_is_me() -> bool {
+    WORKER_TID.load(Ordering::Relaxed) == crate::domain::gettid()
+}
+
+fn ensure_worker() {
+    if WORKER.load(Ordering::Acquire) == RUNNING {
+        return;
+    }
+    if WORKER.compare_exchange(NONE, STARTING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return; // someone else is starting it; it will find the queue
+    }
+    STOP.store(false, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new().name("prcu-callbacks".into()).spawn(worker);
+    match spawned {
+        Ok(h) => {
+            *HANDLE.lock() = Some(h);
+            WORKER.store(RUNNING, Ordering::Release);
+        }
+        Err(_) => {
+            // No thread: run what is queued here, after a grace period, so nothing is lost.
+            WORKER.store(NONE, Ordering::Release);
+            run_batch_here();
+        }
+    }
+}
+
+fn wake() {
+    if let Some(h) = HANDLE.lock().as_ref() {
+        h.thread().unpark();
+    }
+}
+
+fn take_batch() -> Vec<Callback> {
+    let mut q = QUEUE.lock();
+    let batch = core::mem::take(&mut *q);
+    IN_HAND.store(batch.len() as u64, Ordering::SeqCst);
+    batch
+}
+
+fn run(batch: Vec<Callback>) {
+    for cb in batch {
+        // SAFETY: the caller of `call_rcu` promised that `func(arg)` may run once, on any
+        // thread, after a grace period; one has elapsed since it was queued.
+        unsafe { (cb.func)(cb.arg) };
+        IN_HAND.fetch_sub(1, Ordering::SeqCst);
+        RUN.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn run_batch_here() {
+    let batch = take_batch();
+    crate::domain::synchronize();
+    run(batch);
+}
+
+fn worker() {
+    WORKER_TID.store(crate::domain::gettid(), Ordering::Relaxed);
+    loop {
+        let pending = QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) + IN_HAND.load(Ordering::SeqCst);
+        let wanted = GP_WANTED.swap(false, Ordering::SeqCst);
+        if pending || wanted {
+            let batch = take_batch();
+            crate::domain::synchronize();
+            BATCHES.fetch_add(1, Ordering::SeqCst);
+            run(batch);
+            continue;
+        }
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    WORKER_TID.store(0, Ordering::Relaxed);
+}
+
+/// At `dlclose`: runs out the queue, then stops and joins the worker.
+pub(crate) fn stop_at_unload() {
+    if WORKER.load(Ordering::Acquire) != RUNNING {
+        return;
+    }
+    barrier();
+    STOP.store(true, Ordering::SeqCst);
+    wake();
+    let h = HANDLE.lock().take();
+    if let Some(h) = h {
+        let _ = h.join();
+    }
+    WORKER.store(NONE, Ordering::Release);
+}
+
+/// Fork handlers: the queue lock is held across `fork` so the child's copy is consistent.
+pub(crate) fn before_fork() {
+    QUEUE.raw_lock();
+    HANDLE.raw_lock();
+}
+
+pub(crate) fn after_fork_in_parent() {
+    // SAFETY: taken in `before_fork` by this thread.
+    unsafe {
+        HANDLE.raw_unlock();
+        QUEUE.raw_unlock();
+    }
+}
+
+pub(crate) fn after_fork_in_child() {
+    // SAFETY: the child's only thread took both in `before_fork`.
+    unsafe {
+        HANDLE.reset_in_child();
+        QUEUE.reset_in_child();
+    }
+    // The parent's worker does not exist here; what it held is not run in the child.
+    let lost = IN_HAND.swap(0, Ordering::SeqCst);
+    RUN.fetch_add(lost, Ordering::SeqCst);
+    // The JoinHandle names a thread of the parent: forget it without joining.
+    if let Some(h) = HANDLE.lock().take() {
+        core::mem::forget(h);
+    }
+    WORKER_TID.store(0, Ordering::Relaxed);
+    WORKER.store(NONE, Ordering::Release);
+    if QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) || GP_WANTED.load(Ordering::SeqCst) {
+        // Started lazily by the next call_rcu / barrier / start_poll.
+        GP_WANTED.store(true, Ordering::SeqCst);
+    }
+}
