@@ -44,7 +44,11 @@ const NONE: u8 = 0;
 const STARTING: u8 = 1;
 const RUNNING: u8 = 2;
 static WORKER: AtomicU8 = AtomicU8::new(NONE);
-static HANDLE: Lock<Option<std::thread::JoinHandle<()>>> = Lock::new(None);
+/// The worker's pthread (a raw pthread: a Rust `std::thread` would register thread-local
+/// destructors with glibc, which keeps the library from being unloaded while it lives).
+static HANDLE: Lock<Option<libc::pthread_t>> = Lock::new(None);
+/// Bumped to wake the worker (a futex word).
+static WAKE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 /// Queues `cb` to run after a grace period. Not async-signal-safe (it may allocate).
 pub(crate) fn call(cb: Callback) {
@@ -103,13 +107,12 @@ fn ensure_worker() {
         return; // someone else is starting it; it will find the queue
     }
     STOP.store(false, Ordering::SeqCst);
-    let spawned = std::thread::Builder::new().name("prcu-callbacks".into()).spawn(worker);
-    match spawned {
-        Ok(h) => {
+    match spawn_worker() {
+        Some(h) => {
             *HANDLE.lock() = Some(h);
             WORKER.store(RUNNING, Ordering::Release);
         }
-        Err(_) => {
+        None => {
             // No thread: run what is queued here, after a grace period, so nothing is lost.
             WORKER.store(NONE, Ordering::Release);
             run_batch_here();
@@ -117,10 +120,37 @@ fn ensure_worker() {
     }
 }
 
-fn wake() {
-    if let Some(h) = HANDLE.lock().as_ref() {
-        h.thread().unpark();
+fn spawn_worker() -> Option<libc::pthread_t> {
+    extern "C" fn start(_: *mut c_void) -> *mut c_void {
+        // SAFETY: naming the calling thread with a NUL-terminated name of < 16 bytes.
+        unsafe { libc::pthread_setname_np(libc::pthread_self(), c"prcu-callbacks".as_ptr()) };
+        worker();
+        core::ptr::null_mut()
     }
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: default attributes; `start` is a plain function of this library.
+    let r = unsafe { libc::pthread_create(&mut t, core::ptr::null(), start, core::ptr::null_mut()) };
+    (r == 0).then_some(t)
+}
+
+fn wake() {
+    WAKE.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: a valid futex word; no other pointers.
+    unsafe { libc::syscall(libc::SYS_futex, WAKE.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1) };
+}
+
+fn sleep_until_woken(seen: u32) {
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    // SAFETY: a valid futex word and timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WAKE.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &ts as *const libc::timespec,
+        )
+    };
 }
 
 fn take_batch() -> Vec<Callback> {
@@ -149,6 +179,7 @@ fn run_batch_here() {
 fn worker() {
     WORKER_TID.store(crate::domain::gettid(), Ordering::Relaxed);
     loop {
+        let seen = WAKE.load(Ordering::SeqCst);
         let pending = QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) + IN_HAND.load(Ordering::SeqCst);
         let wanted = GP_WANTED.swap(false, Ordering::SeqCst);
         if pending || wanted {
@@ -161,7 +192,7 @@ fn worker() {
         if STOP.load(Ordering::SeqCst) {
             break;
         }
-        std::thread::park_timeout(Duration::from_millis(100));
+        sleep_until_woken(seen);
     }
     WORKER_TID.store(0, Ordering::Relaxed);
 }
@@ -176,7 +207,8 @@ pub(crate) fn stop_at_unload() {
     wake();
     let h = HANDLE.lock().take();
     if let Some(h) = h {
-        let _ = h.join();
+        // SAFETY: our joinable worker thread, joined once.
+        unsafe { libc::pthread_join(h, core::ptr::null_mut()) };
     }
     WORKER.store(NONE, Ordering::Release);
 }
@@ -204,10 +236,8 @@ pub(crate) fn after_fork_in_child() {
     // The parent's worker does not exist here; what it held is not run in the child.
     let lost = IN_HAND.swap(0, Ordering::SeqCst);
     RUN.fetch_add(lost, Ordering::SeqCst);
-    // The JoinHandle names a thread of the parent: forget it without joining.
-    if let Some(h) = HANDLE.lock().take() {
-        core::mem::forget(h);
-    }
+    // The handle names a thread of the parent: forget it.
+    HANDLE.lock().take();
     WORKER_TID.store(0, Ordering::Relaxed);
     WORKER.store(NONE, Ordering::Release);
     if QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) || GP_WANTED.load(Ordering::SeqCst) {

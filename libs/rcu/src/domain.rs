@@ -154,6 +154,10 @@ pub(crate) fn init_from_env() {
     if let Some(i) = get(b"PRCU_INDEX\0").and_then(|s| Index::from_name(s.trim())) {
         let _ = set_index(i);
     }
+    if get(b"PRCU_FORCE_FALLBACK\0").is_some_and(|s| s.trim() == "1") {
+        // Every reader on atomics with full fences, every writer fence a local one.
+        FAST.store(2, Ordering::Release);
+    }
     if let Some(c) = get(b"PRCU_CHECK\0") {
         check::set_enabled(c.trim() == "1");
     }
@@ -267,13 +271,7 @@ fn word_offset(w: Word, p: usize) -> usize {
 fn rseq_words(base: *mut u8, n: usize, index: Index, w: Word, p: usize) -> PercpuArray<u64> {
     // SAFETY: the mapping holds `n` slots of SLOT bytes and is never unmapped while the
     // library is loaded; each word is 8-byte aligned.
-    unsafe {
-        PercpuArray::from_raw_resolved(
-            PercpuPtr::new(base.add(word_offset(w, p)).cast(), SLOT),
-            n as u32,
-            index,
-        )
-    }
+    unsafe { PercpuArray::from_raw_resolved(PercpuPtr::new(base.add(word_offset(w, p)).cast(), SLOT), n as u32, index) }
 }
 
 #[inline(always)]
@@ -329,8 +327,7 @@ fn read_lock_slow() -> Token {
             let seq = PERIOD.load(Ordering::Relaxed);
             let words = rseq_words(base, n, index, Word::Lock, (seq & 1) as usize);
             // SAFETY: as in `read_lock`.
-            match rseq::ops::run_section(|area| unsafe { area.try_add_if_equal(PERIOD.as_ptr(), seq, &words, 1) })
-            {
+            match rseq::ops::run_section(|area| unsafe { area.try_add_if_equal(PERIOD.as_ptr(), seq, &words, 1) }) {
                 Some((Outcome::Committed, _)) => {
                     p = (seq & 1) as usize;
                     compiler_fence(Ordering::SeqCst);
@@ -489,7 +486,8 @@ fn report_stall(p: usize, waited: Duration) {
             // SAFETY: as in `sum`.
             unsafe { &*base.add(cpu * SLOT + off + word_offset(w, p)).cast::<AtomicU64>() }.load(Ordering::Relaxed)
         };
-        let (l, u, fl, fu) = (rd(0, Word::Lock), rd(0, Word::Unlock), rd(FALLBACK, Word::Lock), rd(FALLBACK, Word::Unlock));
+        let (l, u, fl, fu) =
+            (rd(0, Word::Lock), rd(0, Word::Unlock), rd(FALLBACK, Word::Lock), rd(FALLBACK, Word::Unlock));
         if l | u | fl | fu != 0 {
             msg.push_str(&format!(" {cpu}: {l}/{u} + {fl}/{fu};"));
         }

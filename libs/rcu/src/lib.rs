@@ -25,8 +25,8 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 pub use domain::{
-    current_index, fast_path, grace_periods, poll, poll_cookie, read_lock, read_unlock, set_index,
-    set_stall_limit, stalls, synchronize, wait_for, Token, TokenError,
+    current_index, fast_path, grace_periods, poll, poll_cookie, read_lock, read_unlock, set_index, set_stall_limit,
+    stalls, synchronize, wait_for, Token, TokenError,
 };
 pub use map::{Map, MapError};
 pub use rseq::Index;
@@ -117,7 +117,13 @@ pub struct Stats {
 /// The counts now.
 pub fn stats() -> Stats {
     let (q, r, b) = callbacks::counts();
-    Stats { grace_periods: grace_periods(), callbacks_queued: q, callbacks_run: r, callback_batches: b, stalls: stalls() }
+    Stats {
+        grace_periods: grace_periods(),
+        callbacks_queued: q,
+        callbacks_run: r,
+        callback_batches: b,
+        stalls: stalls(),
+    }
 }
 
 /// Writes `msg` to stderr and aborts (misuse that would otherwise deadlock or corrupt).

@@ -216,7 +216,8 @@ impl Map {
                 // SAFETY: a live node of the old table.
                 let node = unsafe { &*p };
                 let head = &n.buckets[hash(node.key) as usize & n.mask];
-                let copy = Node { key: node.key, value: node.value, next: AtomicPtr::new(head.load(Ordering::Relaxed)) };
+                let copy =
+                    Node { key: node.key, value: node.value, next: AtomicPtr::new(head.load(Ordering::Relaxed)) };
                 head.store(Box::into_raw(Box::new(copy)), Ordering::Relaxed);
                 p = node.next.load(Ordering::Relaxed);
             }
