@@ -92,7 +92,7 @@ pub fn run_torture(seconds: f64) {
     }
     // Signal storm at the readers.
     let pthreads: Vec<libc::pthread_t> =
-        readers.iter().map(|h| std::os::unix::thread::JoinHandleExt::as_pthread_t(h)).collect();
+        readers.iter().map(std::os::unix::thread::JoinHandleExt::as_pthread_t).collect();
     let stop2 = stop.clone();
     let storm = std::thread::spawn(move || {
         let mut i = 0usize;
