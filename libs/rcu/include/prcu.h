@@ -85,6 +85,23 @@ int prcu_map_replace(prcu_map *map, uint64_t key, uint64_t value, uint64_t *old)
 int prcu_map_remove(prcu_map *map, uint64_t key, uint64_t *old);
 size_t prcu_map_len(const prcu_map *map);
 
+/* The calling thread's rseq mode as this copy sees it; *err gets the errno of a refused
+ * registration. Statistics of this copy's rseq sections. Forcing the fallback path. */
+#define PRCU_MODE_LIBC_OWNED 1
+#define PRCU_MODE_REGISTERED 2
+#define PRCU_MODE_UNAVAILABLE 4
+#define PRCU_MODE_DISABLED 5
+int prcu_rseq_mode(int *err);
+struct prcu_rseq_statistics {
+    uint64_t aborts;
+    uint64_t fallback_ops;
+    uint64_t registered_by_us;
+    uint64_t registered_by_peer;
+    uint64_t registration_failures;
+};
+int prcu_rseq_stats(struct prcu_rseq_statistics *out);
+int prcu_force_fallback(int on);
+
 #ifdef __cplusplus
 }
 #endif

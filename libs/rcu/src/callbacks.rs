@@ -6,9 +6,9 @@
 //!
 //! Memory is one 16-byte entry per outstanding callback (no per-thread state).
 //!
-//! Fork: the child keeps the queue and runs it with a new worker; callbacks that the
-//! parent's worker had already taken are not run in the child (they run in the parent; the
-//! child only leaks its copy of their objects, never runs one twice).
+//! Fork: the child keeps the queue and the part of the worker's batch not yet run (the
+//! prepare handler waits for a callback being run), and runs them with a new worker: every
+//! callback runs exactly once in the parent and once in the child's copy of memory.
 //!
 //! Unload: a `dlclose` waits until every queued callback has run, then stops and joins the
 //! worker, so no thread is left in unmapped code ([`stop_at_unload`]).
@@ -29,6 +29,10 @@ pub(crate) struct Callback {
 unsafe impl Send for Callback {}
 
 pub(crate) static QUEUE: Lock<Vec<Callback>> = Lock::new(Vec::new());
+/// The batch the worker is running, in order (reversed: the next one is last). The worker
+/// holds this lock while it runs one callback, so `fork` (whose prepare handler takes it)
+/// never copies a callback half-run: the child requeues exactly the ones not yet run.
+static BATCH: Lock<Vec<Callback>> = Lock::new(Vec::new());
 /// Callbacks queued / run so far (a barrier waits for `run` to reach `queued`).
 static QUEUED: AtomicU64 = AtomicU64::new(0);
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -153,27 +157,38 @@ fn sleep_until_woken(seen: u32) {
     };
 }
 
-fn take_batch() -> Vec<Callback> {
-    let mut q = QUEUE.lock();
-    let batch = core::mem::take(&mut *q);
-    IN_HAND.store(batch.len() as u64, Ordering::SeqCst);
-    batch
+/// Moves the queue into the batch (never holding both locks).
+fn take_batch() {
+    let mut batch = {
+        let mut q = QUEUE.lock();
+        let b = core::mem::take(&mut *q);
+        IN_HAND.fetch_add(b.len() as u64, Ordering::SeqCst);
+        b
+    };
+    batch.reverse();
+    let mut b = BATCH.lock();
+    batch.append(&mut b);
+    *b = batch;
 }
 
-fn run(batch: Vec<Callback>) {
-    for cb in batch {
+/// Runs the batch, one callback per lock hold.
+fn run_batch() {
+    loop {
+        let mut b = BATCH.lock();
+        let Some(cb) = b.pop() else { return };
         // SAFETY: the caller of `call_rcu` promised that `func(arg)` may run once, on any
         // thread, after a grace period; one has elapsed since it was queued.
         unsafe { (cb.func)(cb.arg) };
         IN_HAND.fetch_sub(1, Ordering::SeqCst);
         RUN.fetch_add(1, Ordering::SeqCst);
+        drop(b);
     }
 }
 
 fn run_batch_here() {
-    let batch = take_batch();
+    take_batch();
     crate::domain::synchronize();
-    run(batch);
+    run_batch();
 }
 
 fn worker() {
@@ -183,10 +198,10 @@ fn worker() {
         let pending = QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) + IN_HAND.load(Ordering::SeqCst);
         let wanted = GP_WANTED.swap(false, Ordering::SeqCst);
         if pending || wanted {
-            let batch = take_batch();
+            take_batch();
             crate::domain::synchronize();
             BATCHES.fetch_add(1, Ordering::SeqCst);
-            run(batch);
+            run_batch();
             continue;
         }
         if STOP.load(Ordering::SeqCst) {
@@ -213,8 +228,12 @@ pub(crate) fn stop_at_unload() {
     WORKER.store(NONE, Ordering::Release);
 }
 
-/// Fork handlers: the queue lock is held across `fork` so the child's copy is consistent.
+/// Fork handlers: the batch lock (waits for a callback being run), then the queue lock,
+/// are held across `fork` so the child's copies are consistent. (A callback may queue
+/// callbacks: it takes the queue lock while the worker holds the batch lock, the same
+/// order.)
 pub(crate) fn before_fork() {
+    BATCH.raw_lock();
     QUEUE.raw_lock();
     HANDLE.raw_lock();
 }
@@ -224,6 +243,7 @@ pub(crate) fn after_fork_in_parent() {
     unsafe {
         HANDLE.raw_unlock();
         QUEUE.raw_unlock();
+        BATCH.raw_unlock();
     }
 }
 
@@ -232,10 +252,18 @@ pub(crate) fn after_fork_in_child() {
     unsafe {
         HANDLE.reset_in_child();
         QUEUE.reset_in_child();
+        BATCH.reset_in_child();
     }
-    // The parent's worker does not exist here; what it held is not run in the child.
-    let lost = IN_HAND.swap(0, Ordering::SeqCst);
-    RUN.fetch_add(lost, Ordering::SeqCst);
+    // The parent's worker does not exist here: what it had not run yet goes back to the
+    // front of the queue, to run after a grace period of the child.
+    let mut rest = core::mem::take(&mut *BATCH.lock());
+    rest.reverse();
+    IN_HAND.store(0, Ordering::SeqCst);
+    {
+        let mut q = QUEUE.lock();
+        rest.append(&mut q);
+        *q = rest;
+    }
     // The handle names a thread of the parent: forget it.
     HANDLE.lock().take();
     WORKER_TID.store(0, Ordering::Relaxed);

@@ -291,3 +291,69 @@ pub unsafe extern "C" fn prcu_map_remove(m: *mut prcu_map, key: u64, old: *mut u
 pub unsafe extern "C" fn prcu_map_len(m: *const prcu_map) -> usize {
     map_ref(m).map_or(0, Map::len)
 }
+
+pub const PRCU_MODE_LIBC_OWNED: c_int = 1;
+pub const PRCU_MODE_REGISTERED: c_int = 2;
+pub const PRCU_MODE_UNAVAILABLE: c_int = 4;
+pub const PRCU_MODE_DISABLED: c_int = 5;
+
+/// The calling thread's rseq mode as this copy sees it (`PRCU_MODE_*`; the errno of a
+/// refused registration in `*err`).
+///
+/// # Safety
+/// `err` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn prcu_rseq_mode(err: *mut c_int) -> c_int {
+    let (m, e) = match rseq::mode() {
+        rseq::Mode::LibcOwned => (PRCU_MODE_LIBC_OWNED, 0),
+        rseq::Mode::Registered => (PRCU_MODE_REGISTERED, 0),
+        rseq::Mode::Unavailable { errno } => (PRCU_MODE_UNAVAILABLE, errno),
+        rseq::Mode::Disabled => (PRCU_MODE_DISABLED, 0),
+    };
+    if !err.is_null() {
+        // SAFETY: caller's pointer.
+        unsafe { err.write(e) };
+    }
+    m
+}
+
+/// Mirrors `struct prcu_rseq_statistics`.
+#[repr(C)]
+pub struct prcu_rseq_statistics {
+    pub aborts: u64,
+    pub fallback_ops: u64,
+    pub registered_by_us: u64,
+    pub registered_by_peer: u64,
+    pub registration_failures: u64,
+}
+
+/// This copy's rseq statistics.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn prcu_rseq_stats(out: *mut prcu_rseq_statistics) -> c_int {
+    if out.is_null() {
+        return PRCU_EINVAL;
+    }
+    let s = rseq::stats();
+    // SAFETY: checked non-null.
+    unsafe {
+        out.write(prcu_rseq_statistics {
+            aborts: s.aborts,
+            fallback_ops: s.fallback_ops,
+            registered_by_us: s.registered_by_us,
+            registered_by_peer: s.registered_by_peer,
+            registration_failures: s.registration_failures,
+        })
+    };
+    PRCU_OK
+}
+
+/// Sends readers of this copy to the fallback path (atomics and fences) or back. Correct
+/// at any time: each reader's counts land in words its unlock and the writers sum.
+#[no_mangle]
+pub extern "C" fn prcu_force_fallback(on: c_int) -> c_int {
+    rseq::force_fallback(on != 0);
+    PRCU_OK
+}
