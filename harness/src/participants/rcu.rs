@@ -356,7 +356,10 @@ impl RcuAdapter {
         let (retired, reclaimed) = (l.retired.load(Ordering::SeqCst), l.reclaimed.load(Ordering::SeqCst));
         let mut errs = Vec::new();
         if l.bad_reads.load(Ordering::SeqCst) != 0 {
-            errs.push(format!("{} reads saw a poisoned version or a refused token", l.bad_reads.load(Ordering::SeqCst)));
+            errs.push(format!(
+                "{} reads saw a poisoned version or a refused token",
+                l.bad_reads.load(Ordering::SeqCst)
+            ));
         }
         if l.missed_keys.load(Ordering::SeqCst) != 0 {
             errs.push(format!("{} lookups missed a key present throughout", l.missed_keys.load(Ordering::SeqCst)));
@@ -388,7 +391,9 @@ impl RcuAdapter {
         if errs.is_empty() {
             Ok(CheckOk {
                 checked: 5 + DYN_KEYS,
-                what: format!("{what}: {reclaimed} versions reclaimed once after their grace period, map exact ({len} keys)"),
+                what: format!(
+                    "{what}: {reclaimed} versions reclaimed once after their grace period, map exact ({len} keys)"
+                ),
             })
         } else {
             Err(errs.join("; "))

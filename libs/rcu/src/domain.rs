@@ -126,6 +126,8 @@ static GP_STARTED: AtomicU64 = AtomicU64::new(0);
 static GP_DONE: AtomicU64 = AtomicU64::new(0);
 /// Held by the thread running a grace period.
 pub(crate) static GP_RUNNER: Lock<()> = Lock::new(());
+/// Read locks and unlocks that took the fallback path (atomics).
+pub(crate) static FALLBACK_OPS: AtomicU64 = AtomicU64::new(0);
 /// Stall reports written.
 static STALLS: AtomicU64 = AtomicU64::new(0);
 /// Stall limit in milliseconds (0: default); from `PRCU_STALL_MS`.
@@ -343,6 +345,7 @@ fn read_lock_slow() -> Token {
         p = (PERIOD.load(Ordering::SeqCst) & 1) as usize;
         fallback_word(base, n, Word::Lock, p).fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        FALLBACK_OPS.fetch_add(1, Ordering::Relaxed);
     }
     if check::enabled() {
         let serial = check::next_serial();
@@ -396,6 +399,7 @@ fn read_unlock_fallback(p: usize) {
     // SRCU's barrier C: the section's loads complete before the unlock is counted.
     fence(Ordering::SeqCst);
     fallback_word(base, n, Word::Unlock, p).fetch_add(1, Ordering::SeqCst);
+    FALLBACK_OPS.fetch_add(1, Ordering::Relaxed);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ pub unsafe extern "C" fn prcu_rseq_stats(out: *mut prcu_rseq_statistics) -> c_in
     unsafe {
         out.write(prcu_rseq_statistics {
             aborts: s.aborts,
-            fallback_ops: s.fallback_ops,
+            fallback_ops: s.fallback_ops + crate::domain::FALLBACK_OPS.load(core::sync::atomic::Ordering::Relaxed),
             registered_by_us: s.registered_by_us,
             registered_by_peer: s.registered_by_peer,
             registration_failures: s.registration_failures,
