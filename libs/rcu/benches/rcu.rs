@@ -59,12 +59,17 @@ struct CApi {
 fn c_api() -> CApi {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let so = [dir.join("deps/libprcu.so"), dir.join("libprcu.so")].into_iter().find(|p| p.is_file()).expect("libprcu.so");
+    let so =
+        [dir.join("deps/libprcu.so"), dir.join("libprcu.so")].into_iter().find(|p| p.is_file()).expect("libprcu.so");
     // SAFETY: our library.
     let lib = unsafe { libloading::os::unix::Library::open(Some(&so), libc::RTLD_NOW | libc::RTLD_LOCAL) }.unwrap();
     // SAFETY: prcu.h signatures.
     unsafe {
-        CApi { lock: *lib.get(b"prcu_read_lock\0").unwrap(), unlock: *lib.get(b"prcu_read_unlock\0").unwrap(), _lib: lib }
+        CApi {
+            lock: *lib.get(b"prcu_read_lock\0").unwrap(),
+            unlock: *lib.get(b"prcu_read_unlock\0").unwrap(),
+            _lib: lib,
+        }
     }
 }
 
@@ -82,11 +87,14 @@ fn main() {
     println!("{:<36} {:>10} {:>10} {:>10}", "variant", "1 thread", "2 threads", "64 threads");
     let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
     let variants: Vec<(&str, Arc<dyn Fn() + Send + Sync>)> = vec![
-        ("prcu Rust API (inlined)", Arc::new(|| {
-            let t = prcu::read_lock();
-            black_box(&t);
-            let _ = prcu::read_unlock(t);
-        })),
+        (
+            "prcu Rust API (inlined)",
+            Arc::new(|| {
+                let t = prcu::read_lock();
+                black_box(&t);
+                let _ = prcu::read_unlock(t);
+            }),
+        ),
         ("prcu C API (dlopen'd libprcu.so)", {
             let c = c.clone();
             // SAFETY: the C API.
@@ -118,7 +126,13 @@ fn main() {
     for (name, v) in &rows {
         println!(
             "{:<36} {:>6.2} ({:>4.1}x) {:>6.2} ({:>4.1}x) {:>6.2} ({:>4.1}x)",
-            name, v[0], v[0] / base[0], v[1], v[1] / base[1], v[2], v[2] / base[2]
+            name,
+            v[0],
+            v[0] / base[0],
+            v[1],
+            v[1] / base[1],
+            v[2],
+            v[2] / base[2]
         );
     }
 
@@ -154,12 +168,14 @@ fn main() {
     let idle: Vec<_> = (0..10_000)
         .map(|_| {
             let b = idle_stop.clone();
-            std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-                let t = prcu::read_lock();
-                let _ = prcu::read_unlock(t);
-                b.wait();
-            })
-            .unwrap()
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let t = prcu::read_lock();
+                    let _ = prcu::read_unlock(t);
+                    b.wait();
+                })
+                .unwrap()
         })
         .collect();
     let with_idle = sync_us(200);

@@ -190,9 +190,20 @@ pub fn set_index(index: Index) -> bool {
 
 /// The index in use (resolved for this kernel).
 pub fn current_index() -> Index {
-    let i = if INDEX.load(Ordering::Acquire) == 1 { Index::MmCid } else { Index::CpuId };
-    i.resolve()
+    // Resolved once frozen (no call into the foundation on the read path); before that, the
+    // request may still change.
+    match RESOLVED.load(Ordering::Acquire) {
+        1 => Index::CpuId,
+        2 => Index::MmCid,
+        _ => {
+            let i = if INDEX.load(Ordering::Acquire) == 1 { Index::MmCid } else { Index::CpuId };
+            i.resolve()
+        }
+    }
 }
+
+/// The resolved index once frozen: 0 not yet, 1 cpu_id, 2 mm_cid.
+static RESOLVED: AtomicU8 = AtomicU8::new(0);
 
 /// Whether readers run on the rseq path with compiler barriers (`true`) or every reader
 /// uses atomics with full fences (`false`: no membarrier, no rseq fence, or no rseq area).
@@ -314,6 +325,8 @@ pub fn read_lock() -> Token {
 fn current_index_fast() -> Index {
     if !INDEX_FROZEN.load(Ordering::Relaxed) {
         INDEX_FROZEN.store(true, Ordering::Release);
+        let r = current_index();
+        RESOLVED.store(if r == Index::MmCid { 2 } else { 1 }, Ordering::Release);
     }
     current_index()
 }
