@@ -12,13 +12,16 @@ use std::time::Instant;
 
 const ITERS: u64 = 2_000_000;
 
+/// One measured operation, shared by the threads that run it.
+type Op = Arc<dyn Fn() + Send + Sync>;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
-/// ns per operation per thread, `threads` running `op` ITERS/threads... each ITERS times.
-fn per_op(threads: usize, op: Arc<dyn Fn() + Send + Sync>) -> f64 {
+/// ns of CPU time per operation per thread, with `threads` threads each running `op`.
+fn per_op(threads: usize, op: Op) -> f64 {
     let iters = if threads > 8 { ITERS / 16 } else { ITERS };
     let rounds: Vec<f64> = (0..5)
         .map(|_| {
@@ -86,7 +89,7 @@ fn main() {
     println!("read-side pair, ns per pair per thread (CPU time), median of 5; ratio = peer / prcu Rust");
     println!("{:<36} {:>10} {:>10} {:>10}", "variant", "1 thread", "2 threads", "64 threads");
     let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
-    let variants: Vec<(&str, Arc<dyn Fn() + Send + Sync>)> = vec![
+    let variants: Vec<(&str, Op)> = vec![
         (
             "prcu Rust API (inlined)",
             Arc::new(|| {
@@ -195,11 +198,11 @@ fn main() {
     }
     let hm = Arc::new(RwLock::new(hm));
     let m2 = map.clone();
-    let prcu_map: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+    let prcu_map: Op = Arc::new(move || {
         black_box(m2.get(black_box(4321)));
     });
     let h2 = hm.clone();
-    let rw_map: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+    let rw_map: Op = Arc::new(move || {
         black_box(h2.read().unwrap().get(&black_box(4321)).copied());
     });
     let (a1, a2) = (per_op(1, prcu_map.clone()), per_op(2, prcu_map));
