@@ -5,6 +5,7 @@
 
 pub mod counters;
 pub mod plugin;
+pub mod rcu;
 pub mod registry;
 
 pub use registry::open_participant;

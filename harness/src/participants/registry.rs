@@ -36,6 +36,7 @@ pub const KINDS: &[Kind] = &[
         default_file: Some("libpcounters.so"),
         open: super::counters::open,
     },
+    Kind { name: "rcu", marker: "prcu_read_lock", default_file: Some("libprcu.so"), open: super::rcu::open },
 ];
 
 /// Library files of the project the default discovery looks for, in discovery order.

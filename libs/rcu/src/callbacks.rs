@@ -1,0 +1,275 @@
+//! `call_rcu`: callbacks queued until a grace period has elapsed, run by one background
+//! worker that this library starts on first use (and again in a forked child, where the
+//! parent's worker does not exist). The worker takes the whole queue, waits one grace
+//! period for the batch, and runs it in order; `barrier` waits until everything queued
+//! before it has run.
+//!
+//! Memory is one 16-byte entry per outstanding callback (no per-thread state).
+//!
+//! Fork: the child keeps the queue and the part of the worker's batch not yet run (the
+//! prepare handler waits for a callback being run), and runs them with a new worker: every
+//! callback runs exactly once in the parent and once in the child's copy of memory.
+//!
+//! Unload: a `dlclose` waits until every queued callback has run, then stops and joins the
+//! worker, so no thread is left in unmapped code ([`stop_at_unload`]).
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use crate::lock::Lock;
+
+/// A C callback and its argument.
+#[derive(Clone, Copy)]
+pub(crate) struct Callback {
+    pub func: unsafe extern "C" fn(*mut c_void),
+    pub arg: *mut c_void,
+}
+// SAFETY: the caller of `call_rcu` hands the pointer over to whatever thread runs it.
+unsafe impl Send for Callback {}
+
+pub(crate) static QUEUE: Lock<Vec<Callback>> = Lock::new(Vec::new());
+/// The batch the worker is running, in order (reversed: the next one is last). The worker
+/// holds this lock while it runs one callback, so `fork` (whose prepare handler takes it)
+/// never copies a callback half-run: the child requeues exactly the ones not yet run.
+static BATCH: Lock<Vec<Callback>> = Lock::new(Vec::new());
+/// Callbacks queued / run so far (a barrier waits for `run` to reach `queued`).
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static RUN: AtomicU64 = AtomicU64::new(0);
+/// Taken by the worker and not yet run.
+static IN_HAND: AtomicU64 = AtomicU64::new(0);
+/// Poll requests: the worker runs a grace period even with an empty queue.
+static GP_WANTED: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Batches (grace periods waited by the worker).
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+
+const NONE: u8 = 0;
+const STARTING: u8 = 1;
+const RUNNING: u8 = 2;
+static WORKER: AtomicU8 = AtomicU8::new(NONE);
+/// The worker's pthread (a raw pthread: a Rust `std::thread` would register thread-local
+/// destructors with glibc, which keeps the library from being unloaded while it lives).
+static HANDLE: Lock<Option<libc::pthread_t>> = Lock::new(None);
+/// Bumped to wake the worker (a futex word).
+static WAKE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Queues `cb` to run after a grace period. Not async-signal-safe (it may allocate).
+pub(crate) fn call(cb: Callback) {
+    {
+        let mut q = QUEUE.lock();
+        q.push(cb);
+        QUEUED.fetch_add(1, Ordering::SeqCst);
+    }
+    ensure_worker();
+    wake();
+}
+
+/// Asks the worker for a grace period (the polling API) without queueing anything.
+pub(crate) fn want_grace_period() {
+    GP_WANTED.store(true, Ordering::SeqCst);
+    ensure_worker();
+    wake();
+}
+
+/// Waits until every callback queued before the call has run. Aborts (checking mode) when
+/// called inside a read section, and when called from a callback (it would wait for
+/// itself).
+pub(crate) fn barrier() {
+    crate::check::not_in_reader("prcu_barrier");
+    if worker_is_me() {
+        crate::fatal("prcu: prcu_barrier called from an RCU callback: it would wait for itself forever");
+    }
+    let target = QUEUED.load(Ordering::SeqCst);
+    if RUN.load(Ordering::SeqCst) >= target {
+        return;
+    }
+    ensure_worker();
+    wake();
+    let mut spins = 0u32;
+    while RUN.load(Ordering::SeqCst) < target {
+        spins += 1;
+        std::thread::sleep(Duration::from_micros(if spins < 20 { 20 } else { 500 }));
+    }
+}
+
+pub(crate) fn counts() -> (u64, u64, u64) {
+    (QUEUED.load(Ordering::SeqCst), RUN.load(Ordering::SeqCst), BATCHES.load(Ordering::SeqCst))
+}
+
+static WORKER_TID: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+fn worker_is_me() -> bool {
+    WORKER_TID.load(Ordering::Relaxed) == crate::domain::gettid()
+}
+
+fn ensure_worker() {
+    if WORKER.load(Ordering::Acquire) == RUNNING {
+        return;
+    }
+    if WORKER.compare_exchange(NONE, STARTING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return; // someone else is starting it; it will find the queue
+    }
+    STOP.store(false, Ordering::SeqCst);
+    match spawn_worker() {
+        Some(h) => {
+            *HANDLE.lock() = Some(h);
+            WORKER.store(RUNNING, Ordering::Release);
+        }
+        None => {
+            // No thread: run what is queued here, after a grace period, so nothing is lost.
+            WORKER.store(NONE, Ordering::Release);
+            run_batch_here();
+        }
+    }
+}
+
+fn spawn_worker() -> Option<libc::pthread_t> {
+    extern "C" fn start(_: *mut c_void) -> *mut c_void {
+        // SAFETY: naming the calling thread with a NUL-terminated name of < 16 bytes.
+        unsafe { libc::pthread_setname_np(libc::pthread_self(), c"prcu-callbacks".as_ptr()) };
+        worker();
+        core::ptr::null_mut()
+    }
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: default attributes; `start` is a plain function of this library.
+    let r = unsafe { libc::pthread_create(&mut t, core::ptr::null(), start, core::ptr::null_mut()) };
+    (r == 0).then_some(t)
+}
+
+fn wake() {
+    WAKE.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: a valid futex word; no other pointers.
+    unsafe { libc::syscall(libc::SYS_futex, WAKE.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1) };
+}
+
+fn sleep_until_woken(seen: u32) {
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    // SAFETY: a valid futex word and timespec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WAKE.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// Moves the queue into the batch (never holding both locks).
+fn take_batch() {
+    let mut batch = {
+        let mut q = QUEUE.lock();
+        let b = core::mem::take(&mut *q);
+        IN_HAND.fetch_add(b.len() as u64, Ordering::SeqCst);
+        b
+    };
+    batch.reverse();
+    let mut b = BATCH.lock();
+    batch.append(&mut b);
+    *b = batch;
+}
+
+/// Runs the batch, one callback per lock hold.
+fn run_batch() {
+    loop {
+        let mut b = BATCH.lock();
+        let Some(cb) = b.pop() else { return };
+        // SAFETY: the caller of `call_rcu` promised that `func(arg)` may run once, on any
+        // thread, after a grace period; one has elapsed since it was queued.
+        unsafe { (cb.func)(cb.arg) };
+        IN_HAND.fetch_sub(1, Ordering::SeqCst);
+        RUN.fetch_add(1, Ordering::SeqCst);
+        drop(b);
+    }
+}
+
+fn run_batch_here() {
+    take_batch();
+    crate::domain::synchronize();
+    run_batch();
+}
+
+fn worker() {
+    WORKER_TID.store(crate::domain::gettid(), Ordering::Relaxed);
+    loop {
+        let seen = WAKE.load(Ordering::SeqCst);
+        let pending = QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) + IN_HAND.load(Ordering::SeqCst);
+        let wanted = GP_WANTED.swap(false, Ordering::SeqCst);
+        if pending || wanted {
+            take_batch();
+            crate::domain::synchronize();
+            BATCHES.fetch_add(1, Ordering::SeqCst);
+            run_batch();
+            continue;
+        }
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        sleep_until_woken(seen);
+    }
+    WORKER_TID.store(0, Ordering::Relaxed);
+}
+
+/// At `dlclose`: runs out the queue, then stops and joins the worker.
+pub(crate) fn stop_at_unload() {
+    if WORKER.load(Ordering::Acquire) != RUNNING {
+        return;
+    }
+    barrier();
+    STOP.store(true, Ordering::SeqCst);
+    wake();
+    let h = HANDLE.lock().take();
+    if let Some(h) = h {
+        // SAFETY: our joinable worker thread, joined once.
+        unsafe { libc::pthread_join(h, core::ptr::null_mut()) };
+    }
+    WORKER.store(NONE, Ordering::Release);
+}
+
+/// Fork handlers: the batch lock (waits for a callback being run), then the queue lock,
+/// are held across `fork` so the child's copies are consistent. (A callback may queue
+/// callbacks: it takes the queue lock while the worker holds the batch lock, the same
+/// order.)
+pub(crate) fn before_fork() {
+    BATCH.raw_lock();
+    QUEUE.raw_lock();
+    HANDLE.raw_lock();
+}
+
+pub(crate) fn after_fork_in_parent() {
+    // SAFETY: taken in `before_fork` by this thread.
+    unsafe {
+        HANDLE.raw_unlock();
+        QUEUE.raw_unlock();
+        BATCH.raw_unlock();
+    }
+}
+
+pub(crate) fn after_fork_in_child() {
+    // SAFETY: the child's only thread took both in `before_fork`.
+    unsafe {
+        HANDLE.reset_in_child();
+        QUEUE.reset_in_child();
+        BATCH.reset_in_child();
+    }
+    // The parent's worker does not exist here: what it had not run yet goes back to the
+    // front of the queue, to run after a grace period of the child.
+    let mut rest = core::mem::take(&mut *BATCH.lock());
+    rest.reverse();
+    IN_HAND.store(0, Ordering::SeqCst);
+    {
+        let mut q = QUEUE.lock();
+        rest.append(&mut q);
+        *q = rest;
+    }
+    // The handle names a thread of the parent: forget it.
+    HANDLE.lock().take();
+    WORKER_TID.store(0, Ordering::Relaxed);
+    WORKER.store(NONE, Ordering::Release);
+    if QUEUED.load(Ordering::SeqCst) != RUN.load(Ordering::SeqCst) || GP_WANTED.load(Ordering::SeqCst) {
+        // Started lazily by the next call_rcu / barrier / start_poll.
+        GP_WANTED.store(true, Ordering::SeqCst);
+    }
+}
