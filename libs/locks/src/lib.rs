@@ -42,8 +42,8 @@ mod rwlock;
 
 pub use error::Error;
 pub use mutex::PercpuMutex;
-pub use rwlock::BrLock;
 pub use rseq::Mode;
+pub use rwlock::BrLock;
 
 rseq::init_at_load!();
 

@@ -15,6 +15,7 @@
 //!   does not hold the lock is refused.
 //! - Waiters spin briefly, then sleep on a per-index futex sequence word; a release wakes
 //!   one when the index has waiters.
+//!
 //! Without the rseq membarrier (kernels before 5.10) no section is ever used on a lock and
 //! every path is the compare-and-swap.
 

@@ -74,14 +74,17 @@ impl BrLock {
         let base = slots.as_ptr() as *mut u8;
         // SAFETY: each array names one field of every slot (offsets 0, 8, 16, 24, stride
         // SLOT), valid and aligned while `slots` lives, as long as the arrays (owned by self).
-        let arr = |off: usize| unsafe { PercpuArray::from_raw(PercpuPtr::new(base.add(off).cast(), SLOT), n, Index::CpuId) };
+        let arr =
+            |off: usize| unsafe { PercpuArray::from_raw(PercpuPtr::new(base.add(off).cast(), SLOT), n, Index::CpuId) };
         BrLock {
             locks: arr(0),
             unlocks: arr(8),
             // SAFETY: as above.
             locks_atomic: unsafe { PercpuArray::from_raw(PercpuPtr::new(base.add(16).cast(), SLOT), n, Index::CpuId) },
             // SAFETY: as above.
-            unlocks_atomic: unsafe { PercpuArray::from_raw(PercpuPtr::new(base.add(24).cast(), SLOT), n, Index::CpuId) },
+            unlocks_atomic: unsafe {
+                PercpuArray::from_raw(PercpuPtr::new(base.add(24).cast(), SLOT), n, Index::CpuId)
+            },
             slots,
             writer: AtomicU64::new(0),
             waiters: AtomicU32::new(0),

@@ -161,7 +161,12 @@ fn mutex_exact_under_storm_and_migration() {
     let before = rseq::stats();
     mutex_workload(&m, 20_000, false, seed());
     let after = rseq::stats();
-    eprintln!("aborts {} fallback {} signals {}", after.aborts - before.aborts, after.fallback_ops - before.fallback_ops, SIGNALS.load(Ordering::Relaxed));
+    eprintln!(
+        "aborts {} fallback {} signals {}",
+        after.aborts - before.aborts,
+        after.fallback_ops - before.fallback_ops,
+        SIGNALS.load(Ordering::Relaxed)
+    );
 }
 
 #[test]
@@ -201,7 +206,7 @@ fn rwlock_workload(l: &Arc<BrLock>, millis: u64, seed: u64) -> (u64, u64) {
                         let p = (*block.0.get()).as_ptr();
                         let canary = p.read_volatile();
                         assert_eq!(canary % 2, 0, "seed {seed:#x}: reader saw a writer in progress");
-                        if r() % 32 == 0 {
+                        if r().is_multiple_of(32) {
                             let c = cpus[(r() % cpus.len() as u64) as usize];
                             rseq::topology::set_thread_affinity(&[c]).unwrap();
                         }
