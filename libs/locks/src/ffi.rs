@@ -1,0 +1,239 @@
+//! The C API (`include/plocks.h`). Every entry point checks its handle (NULL, or not a live
+//! lock of this copy: a destroyed handle's magic is cleared) and returns a negative
+//! `PLOCK_E*` code for bad input. No panic crosses this boundary (release builds abort on
+//! panic with the message; the code below does not panic on any input).
+
+use core::ffi::{c_char, c_int};
+
+use crate::{BrLock, Error, PercpuMutex};
+
+const MUTEX_MAGIC: u64 = 0x706c_6f63_6b6d_7478; // "plockmtx"
+const RWLOCK_MAGIC: u64 = 0x706c_6f63_6b72_776c; // "plockrwl"
+
+/// `plock_mutex_t`.
+#[allow(non_camel_case_types)]
+pub struct plock_mutex_t {
+    magic: core::sync::atomic::AtomicU64,
+    inner: PercpuMutex,
+}
+
+/// `plock_rwlock_t`.
+#[allow(non_camel_case_types)]
+pub struct plock_rwlock_t {
+    magic: core::sync::atomic::AtomicU64,
+    inner: BrLock,
+}
+
+fn code(r: Result<(), Error>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e.code(),
+    }
+}
+
+/// # Safety
+/// `m` is NULL or a pointer returned by `plock_mutex_create` (destroyed ones are caught
+/// while their memory is not reused).
+unsafe fn mutex<'a>(m: *const plock_mutex_t) -> Result<&'a PercpuMutex, Error> {
+    // SAFETY: per the caller's contract.
+    let m = unsafe { m.as_ref() }.ok_or(Error::InvalidArgument)?;
+    if m.magic.load(core::sync::atomic::Ordering::Relaxed) != MUTEX_MAGIC {
+        return Err(Error::InvalidArgument);
+    }
+    Ok(&m.inner)
+}
+
+/// # Safety
+/// As for [`mutex`].
+unsafe fn rwlock<'a>(l: *const plock_rwlock_t) -> Result<&'a BrLock, Error> {
+    // SAFETY: per the caller's contract.
+    let l = unsafe { l.as_ref() }.ok_or(Error::InvalidArgument)?;
+    if l.magic.load(core::sync::atomic::Ordering::Relaxed) != RWLOCK_MAGIC {
+        return Err(Error::InvalidArgument);
+    }
+    Ok(&l.inner)
+}
+
+/// Creates a per-CPU mutex array (aborts with a message when out of memory).
+#[no_mangle]
+pub extern "C" fn plock_mutex_create() -> *mut plock_mutex_t {
+    let b = Box::new(plock_mutex_t { magic: MUTEX_MAGIC.into(), inner: PercpuMutex::new() });
+    Box::into_raw(b)
+}
+
+/// Destroys `m`: `PLOCK_EBUSY` (and nothing freed) while any of its locks is held.
+///
+/// # Safety
+/// `m` is NULL or from `plock_mutex_create`, and no other thread uses it any more.
+#[no_mangle]
+pub unsafe extern "C" fn plock_mutex_destroy(m: *mut plock_mutex_t) -> c_int {
+    // SAFETY: forwarded contract.
+    let inner = match unsafe { mutex(m) } {
+        Ok(i) => i,
+        Err(e) => return e.code(),
+    };
+    if inner.any_locked() {
+        return Error::Busy.code();
+    }
+    // SAFETY: checked live above; created by Box::into_raw.
+    unsafe {
+        (*m).magic.store(0, core::sync::atomic::Ordering::Relaxed);
+        drop(Box::from_raw(m));
+    }
+    0
+}
+
+/// Number of locks in `m` (indexes `0..count`), or a negative code.
+///
+/// # Safety
+/// As for `plock_mutex_destroy`, without the "no other thread" part (likewise below).
+#[no_mangle]
+pub unsafe extern "C" fn plock_mutex_count(m: *const plock_mutex_t) -> c_int {
+    // SAFETY: forwarded contract.
+    match unsafe { mutex(m) } {
+        Ok(i) => i.count() as c_int,
+        Err(e) => e.code(),
+    }
+}
+
+/// Takes the current CPU's lock (waiting): its index, or a negative code.
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_mutex_lock(m: *const plock_mutex_t) -> c_int {
+    // SAFETY: forwarded contract.
+    match unsafe { mutex(m) }.and_then(|i| i.lock()) {
+        Ok(i) => i as c_int,
+        Err(e) => e.code(),
+    }
+}
+
+/// Takes lock `index` (waiting).
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_mutex_lock_index(m: *const plock_mutex_t, index: c_int) -> c_int {
+    let Ok(index) = usize::try_from(index) else { return Error::InvalidArgument.code() };
+    // SAFETY: forwarded contract.
+    code(unsafe { mutex(m) }.and_then(|i| i.lock_index(index)))
+}
+
+/// Takes lock `index` if free (`PLOCK_EBUSY` otherwise).
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_mutex_trylock_index(m: *const plock_mutex_t, index: c_int) -> c_int {
+    let Ok(index) = usize::try_from(index) else { return Error::InvalidArgument.code() };
+    // SAFETY: forwarded contract.
+    code(unsafe { mutex(m) }.and_then(|i| i.try_lock_index(index)))
+}
+
+/// Releases lock `index` (from any CPU).
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_mutex_unlock(m: *const plock_mutex_t, index: c_int) -> c_int {
+    let Ok(index) = usize::try_from(index) else { return Error::InvalidArgument.code() };
+    // SAFETY: forwarded contract.
+    code(unsafe { mutex(m) }.and_then(|i| i.unlock(index)))
+}
+
+/// Creates a big-reader lock (aborts with a message when out of memory).
+#[no_mangle]
+pub extern "C" fn plock_rwlock_create() -> *mut plock_rwlock_t {
+    Box::into_raw(Box::new(plock_rwlock_t { magic: RWLOCK_MAGIC.into(), inner: BrLock::new() }))
+}
+
+/// Destroys `l`: `PLOCK_EBUSY` (nothing freed) while a writer holds it or a reader is inside.
+///
+/// # Safety
+/// See `plock_mutex_destroy`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rwlock_destroy(l: *mut plock_rwlock_t) -> c_int {
+    // SAFETY: forwarded contract.
+    let inner = match unsafe { rwlock(l) } {
+        Ok(i) => i,
+        Err(e) => return e.code(),
+    };
+    if inner.is_busy() {
+        return Error::Busy.code();
+    }
+    // SAFETY: checked live above; created by Box::into_raw.
+    unsafe {
+        (*l).magic.store(0, core::sync::atomic::Ordering::Relaxed);
+        drop(Box::from_raw(l));
+    }
+    0
+}
+
+/// Takes `l` for reading (waiting while a writer holds it).
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rwlock_read_lock(l: *const plock_rwlock_t) -> c_int {
+    // SAFETY: forwarded contract.
+    code(unsafe { rwlock(l) }.and_then(|i| i.read_lock()))
+}
+
+/// Releases a read lock (on any CPU).
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rwlock_read_unlock(l: *const plock_rwlock_t) -> c_int {
+    // SAFETY: forwarded contract.
+    code(unsafe { rwlock(l) }.map(|i| i.read_unlock()))
+}
+
+/// Takes `l` for writing.
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rwlock_write_lock(l: *const plock_rwlock_t) -> c_int {
+    // SAFETY: forwarded contract.
+    code(unsafe { rwlock(l) }.and_then(|i| i.write_lock()))
+}
+
+/// Releases the write lock.
+///
+/// # Safety
+/// See `plock_mutex_count`.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rwlock_write_unlock(l: *const plock_rwlock_t) -> c_int {
+    // SAFETY: forwarded contract.
+    code(unsafe { rwlock(l) }.and_then(|i| i.write_unlock()))
+}
+
+/// A static description of `code`.
+#[no_mangle]
+pub extern "C" fn plock_strerror(code: c_int) -> *const c_char {
+    let s: &'static [u8] = match code {
+        0 => b"success\0",
+        -1 => b"invalid argument (NULL or destroyed lock, index out of range)\0",
+        -2 => b"the lock is held\0",
+        -3 => b"the caller does not hold this lock\0",
+        -4 => b"the caller already holds this lock\0",
+        -5 => b"out of memory\0",
+        -6 => b"internal error\0",
+        _ => b"unknown error code\0",
+    };
+    s.as_ptr().cast()
+}
+
+/// The library version, "0.1.0".
+#[no_mangle]
+pub extern "C" fn plock_version() -> *const c_char {
+    c"0.1.0".as_ptr()
+}
+
+/// Sends this copy's later operations down the fallback path (non-zero) or not (0).
+#[no_mangle]
+pub extern "C" fn plock_force_fallback(on: c_int) {
+    crate::force_fallback(on != 0);
+}
