@@ -116,9 +116,9 @@ pub struct Central {
     empty_kept: usize,
 }
 
-/// Empty spans a class keeps backed: 128 KiB worth (none for classes with bigger spans).
+/// Empty spans a class keeps backed: 256 KiB worth (none for classes with bigger spans).
 fn keep_empty(c: usize) -> usize {
-    128 * 1024 / class::span_bytes(c)
+    256 * 1024 / class::span_bytes(c)
 }
 
 // SAFETY: the raw pointers name records and memory owned by the allocator, used under the
