@@ -36,6 +36,7 @@ pub const KINDS: &[Kind] = &[
         default_file: Some("libpcounters.so"),
         open: super::counters::open,
     },
+    Kind { name: "alloc", marker: "palloc_malloc", default_file: Some("libpalloc.so"), open: super::alloc::open },
 ];
 
 /// Library files of the project the default discovery looks for, in discovery order.
