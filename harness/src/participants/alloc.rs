@@ -264,7 +264,7 @@ impl AllocAdapter {
             return Err(format!("allocation of {size} bytes (align {align}) returned NULL"));
         }
         let b = Block { addr: p as usize, size, align, tag: mix(p as u64 ^ seed) };
-        if b.addr % align.max(16) != 0 {
+        if !b.addr.is_multiple_of(align.max(16)) {
             return Err(format!("block {:#x} of {size} bytes is not aligned to {}", b.addr, align.max(16)));
         }
         let u = self.usable(b.addr);
@@ -322,7 +322,7 @@ impl AllocAdapter {
         let mut facts = 0u64;
         for b in &held {
             verify_pattern(b, b.addr, b.size, what)?;
-            if b.addr % b.align.max(16) != 0 {
+            if !b.addr.is_multiple_of(b.align.max(16)) {
                 return Err(format!("{what}: held block {:#x} is not aligned to {}", b.addr, b.align.max(16)));
             }
             let u = self.usable(b.addr);
