@@ -335,21 +335,21 @@ impl AllocAdapter {
             facts += 3;
         }
         held.sort_by_key(|b| b.addr);
-        for w in held.windows(2) {
-            let end = w[0].addr + self.usable(w[0].addr);
-            if end > w[1].addr {
-                return Err(format!(
-                    "{what}: live blocks overlap: {:#x} (usable {} bytes, {} asked) reaches {end:#x}, past the start of \
-                     {:#x} ({} asked)",
-                    w[0].addr,
-                    self.usable(w[0].addr),
-                    w[0].size,
-                    w[1].addr,
-                    w[1].size
-                ));
-            }
-            facts += 1;
+        let spans: Vec<(usize, usize)> = held.iter().map(|b| (b.addr, self.usable(b.addr))).collect();
+        if let Some(i) = first_overlap(&spans) {
+            let (a, b) = (&held[i], &held[i + 1]);
+            return Err(format!(
+                "{what}: live blocks overlap: {:#x} (usable {} bytes, {} asked) reaches {:#x}, past the start of {:#x} \
+                 ({} asked)",
+                a.addr,
+                spans[i].1,
+                a.size,
+                a.addr + spans[i].1,
+                b.addr,
+                b.size
+            ));
         }
+        facts += held.len().saturating_sub(1) as u64;
         let small = held.iter().filter(|b| b.small()).count() as u64;
         let large = held.len() as u64 - small;
         let s = self.stats()?;
@@ -416,6 +416,12 @@ impl AllocAdapter {
             ),
         })
     }
+}
+
+/// The first `i` where block `i` (address, usable bytes; sorted by address) reaches into
+/// block `i + 1`.
+fn first_overlap(blocks: &[(usize, usize)]) -> Option<usize> {
+    blocks.windows(2).position(|w| w[0].0 + w[0].1 > w[1].0)
 }
 
 /// The most memory palloc may keep resident for what the adapter holds. Each term:
@@ -676,6 +682,14 @@ mod tests {
         assert!(big.windows(2).all(|w| w[0] < w[1]));
         assert!(big.contains(&((1 << 20) - 1)));
         assert!(big.contains(&(8192 + 3)));
+    }
+
+    #[test]
+    fn overlaps_are_found() {
+        assert_eq!(first_overlap(&[(0, 16), (16, 32), (48, 16)]), None);
+        assert_eq!(first_overlap(&[(0, 16), (16, 33), (48, 16)]), Some(1));
+        // The same block held twice.
+        assert_eq!(first_overlap(&[(0, 16), (64, 16), (64, 16)]), Some(1));
     }
 
     #[test]
