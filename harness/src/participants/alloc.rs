@@ -409,10 +409,13 @@ impl AllocAdapter {
             checked: facts,
             what: format!(
                 "{} blocks held ({small} small, {large} large), intact, aligned, disjoint; stats exact; resident {} KiB \
-                 <= bound {} KiB",
+                 <= bound {} KiB; so far {} operations, {} blocks handed off, {} reallocs",
                 held.len(),
                 s.resident_bytes >> 10,
-                bound >> 10
+                bound >> 10,
+                self.ops.load(Ordering::Relaxed),
+                self.handoffs.load(Ordering::Relaxed),
+                self.reallocs.load(Ordering::Relaxed)
             ),
         })
     }
