@@ -32,7 +32,7 @@ const MAX_SMALL_ALIGN: usize = 64 * 1024;
 const MAX_LARGE: usize = 1536 * 1024;
 /// Handoff shards and the blocks each may hold.
 const SHARDS: usize = 8;
-const SHARD_CAP: usize = 192;
+const SHARD_CAP: usize = 96;
 /// Bytes of a block the pattern covers whole; beyond it, the last bytes and one word per
 /// 4 KiB page (so that a large block costs a few touched pages, not its whole size).
 const FULL_PATTERN: usize = 4096;
@@ -472,7 +472,7 @@ impl Participant for AllocAdapter {
         let n = rng.random_range(8..40);
         for _ in 0..n {
             match rng.random_range(0..100) {
-                0..=54 => {
+                0..=59 => {
                     let (size, align) = random_request(&mut rng);
                     match self.alloc(size, align, rng.random()) {
                         Ok(b) => mine.push(b),
@@ -480,7 +480,7 @@ impl Participant for AllocAdapter {
                     }
                     ops += 1;
                 }
-                55..=64 if !mine.is_empty() => {
+                60..=69 if !mine.is_empty() => {
                     let i = rng.random_range(0..mine.len());
                     if mine[i].align > 16 {
                         continue;
@@ -493,7 +493,7 @@ impl Participant for AllocAdapter {
                     self.reallocs.fetch_add(1, Ordering::Relaxed);
                     ops += 1;
                 }
-                65..=79 if !mine.is_empty() => {
+                70..=84 if !mine.is_empty() => {
                     let b = mine.swap_remove(rng.random_range(0..mine.len()));
                     note(self.verify_and_free(b, "free by its own thread"), &mut err);
                     ops += 1;
@@ -502,7 +502,7 @@ impl Participant for AllocAdapter {
                     let shard = &self.shards[rng.random_range(0..SHARDS)];
                     let taken: Vec<Block> = {
                         let mut g = shard.lock().unwrap_or_else(|e| e.into_inner());
-                        let k = rng.random_range(0..=g.len().min(6));
+                        let k = rng.random_range(0..=g.len().min(2));
                         let at = g.len() - k;
                         g.split_off(at)
                     };
