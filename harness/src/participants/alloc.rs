@@ -435,8 +435,9 @@ fn first_overlap(blocks: &[(usize, usize)]) -> Option<usize> {
 ///   16 KiB, 2 up to 32 KiB: about 1.4 MiB), counted as 1.5 MiB, plus the per-CPU pool slots
 ///   that hold them (counted whole: the same again);
 /// - the central transfer stacks: about 512 KiB per class (`transfer_capacity`), 52 classes;
-/// - empty spans each class keeps backed: about 256 KiB per class, at least one span (2 MiB
-///   for the largest classes): 52 * 256 KiB + the ten classes with spans over 256 KiB;
+/// - empty spans each class keeps backed (`central.rs` `keep_empty`): about 256 KiB per
+///   class, but at least one span, and the twelve classes above 32 KiB have spans of 512 KiB
+///   to 2 MiB: 52 * 256 KiB + 12 * 2 MiB;
 /// - fragmentation: free objects in spans that still hold live objects. palloc only returns
 ///   a span's pages when the whole span is free, so a span with one live object stays
 ///   backed; the adapter's random frees leave spans part-full. Bounded here by the live
@@ -446,7 +447,7 @@ fn rss_bound(s: &Stats) -> u64 {
     const MIB: u64 = 1 << 20;
     let percpu = s.ncpus * 3 * MIB;
     let transfer = 52 * 512 * 1024;
-    let empty_kept = 52 * 256 * 1024 + 10 * 4 * MIB;
+    let empty_kept = 52 * 256 * 1024 + 12 * 2 * MIB;
     s.live_bytes * 2 + s.large_bytes + s.metadata_bytes + percpu + transfer + empty_kept + 8 * MIB + 16 * MIB
 }
 
