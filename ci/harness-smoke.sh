@@ -9,3 +9,5 @@ cargo build --release --workspace
 make -s -C harness/plugins
 target/release/harness --duration 10 --no-progress --json target/harness-smoke.json
 target/release/harness --duration 5 --mode reserved --foreign-rseq --no-progress --json target/harness-smoke-foreign.json
+# The drop-in allocator as the process's malloc, in every registration mode.
+ci/harness-preload.sh 3

@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// started with it).
     #[arg(long, value_name = "PATH")]
     pub preload: Option<PathBuf>,
+    /// Fail unless the run process's malloc comes from a library LD_PRELOAD names (from
+    /// --preload or the environment, which the run process inherits).
+    #[arg(long)]
+    pub expect_preload: bool,
     /// Registration mode: libc = glibc registers rseq (default); reserved = glibc reserves
     /// the area but does not register it (GLIBC_TUNABLES=glibc.pthread.rseq=0), libraries
     /// register it lazily; none = a seccomp filter answers ENOSYS to rseq, every library
@@ -252,6 +256,9 @@ impl RunArgs {
         }
         if self.preload.is_some() {
             s.preload = self.preload.clone();
+        }
+        if self.expect_preload {
+            s.expect_preload = true;
         }
         if let Some(m) = self.mode {
             s.mode = m;

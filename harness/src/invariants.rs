@@ -451,6 +451,7 @@ mod tests {
             elapsed_ms: 1000,
             interrupted: false,
             engine_priority: String::new(),
+            malloc_from: String::new(),
             memory: MemoryState::default(),
         }
     }

@@ -9,6 +9,7 @@ mod disturb;
 mod engine;
 mod invariants;
 mod participants;
+mod preload;
 mod report;
 mod scenario;
 mod schedule;

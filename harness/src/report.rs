@@ -307,6 +307,9 @@ pub fn summary(r: &Report) -> String {
         st.forks.len()
     );
     let _ = writeln!(o, "{}", schedule_line(st));
+    if !st.malloc_from.is_empty() {
+        let _ = writeln!(o, "{}", st.malloc_from);
+    }
     let _ = writeln!(
         o,
         "rseq: mode {} (__rseq_size {}, kernel feature size {}, mm_cid {}), index {}",

@@ -213,6 +213,9 @@ pub struct Scenario {
     pub rtld_global: bool,
     /// A library to load as the whole process's malloc through `LD_PRELOAD` (re-exec).
     pub preload: Option<PathBuf>,
+    /// Fail the run unless the run process's `malloc` comes from a library `LD_PRELOAD`
+    /// names (set by `--preload` or in the environment).
+    pub expect_preload: bool,
     /// Registration mode.
     pub mode: RegMode,
     /// Per-CPU index.
@@ -255,6 +258,7 @@ impl Default for Scenario {
             no_default_libs: false,
             rtld_global: false,
             preload: None,
+            expect_preload: false,
             mode: RegMode::Libc,
             index: IndexMode::CpuId,
             threads: 4,

@@ -294,4 +294,7 @@ pub struct RunState {
     /// default); the lag of each event is `ran_ms - at_ms` in the event log.
     #[serde(default)]
     pub engine_priority: String,
+    /// Where `malloc` came from in the run process (`preload::check`).
+    #[serde(default)]
+    pub malloc_from: String,
 }

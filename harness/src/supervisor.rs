@@ -335,6 +335,7 @@ fn crashed_state(job: &Job, why: String, log_path: &Path, initial_online: &[u32]
         elapsed_ms: 0,
         interrupted: false,
         engine_priority: String::new(),
+        malloc_from: String::new(),
         memory: MemoryState::default(),
     }
 }

@@ -177,6 +177,13 @@ pub fn run_job(job: Job) -> RunState {
     };
     let mut fatal = Vec::new();
     let mut load_errors = Vec::new();
+    let malloc_from = match crate::preload::check(s.expect_preload) {
+        Ok(line) => line,
+        Err(e) => {
+            fatal.push(e.clone());
+            e
+        }
+    };
 
     // A CPU offline before anything is allocated: it comes online mid-run.
     if eng.hotplug == HotplugMode::Real && s.hotplug.start_offline {
@@ -415,6 +422,7 @@ pub fn run_job(job: Job) -> RunState {
         interrupted: cpu::stop_requested(),
         memory: std::mem::replace(&mut eng.memory, memory::Sampler::new()).finish(),
         engine_priority,
+        malloc_from,
     }
 }
 

@@ -3,6 +3,7 @@
 //! One file per kind of library (`counters.rs`: libpcounters; `plugin.rs`: any plugin of
 //! the `rhp_` ABI); `registry.rs` maps a loaded library to its adapter.
 
+pub mod alloc;
 pub mod counters;
 pub mod plugin;
 pub mod rcu;

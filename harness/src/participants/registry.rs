@@ -37,6 +37,7 @@ pub const KINDS: &[Kind] = &[
         open: super::counters::open,
     },
     Kind { name: "rcu", marker: "prcu_read_lock", default_file: Some("libprcu.so"), open: super::rcu::open },
+    Kind { name: "alloc", marker: "palloc_malloc", default_file: Some("libpalloc.so"), open: super::alloc::open },
 ];
 
 /// Library files of the project the default discovery looks for, in discovery order.
