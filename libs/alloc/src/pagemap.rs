@@ -1,5 +1,6 @@
-//! From an address to the chunk that holds it: a two-level radix map over the 47-bit user
-//! address space at chunk granularity (4 MiB). The root (8192 entries, 64 KiB of `.bss`)
+//! From an address to the chunk that holds it: a two-level radix map over a 48-bit user
+//! address space (x86_64 uses 47 bits, aarch64 48) at chunk granularity (4 MiB). The root
+//! (16384 entries, 128 KiB of `.bss`)
 //! points to leaves of 4096 entries allocated from the metadata arena on demand. A lookup
 //! is two dependent loads; an address no chunk covers maps to null, which is how frees of
 //! pointers that are not ours are recognised.
@@ -13,7 +14,9 @@ use crate::meta;
 
 const CHUNK_SHIFT: u32 = CHUNK.trailing_zeros();
 const LEAF_BITS: u32 = 12;
-const ADDR_BITS: u32 = 47;
+/// aarch64's user address space is 48 bits (mappings come from near its top): with 47 here
+/// every chunk there was refused and every allocation failed.
+const ADDR_BITS: u32 = 48;
 const ROOT_BITS: u32 = ADDR_BITS - CHUNK_SHIFT - LEAF_BITS;
 
 struct Leaf([AtomicPtr<Chunk>; 1 << LEAF_BITS]);
