@@ -69,6 +69,8 @@ fn rtld_global_replaces_no_malloc_and_dlclose_returns_memory() {
         // SAFETY: nothing of the library is used after this.
         assert_eq!(unsafe { libc::dlclose(h) }, 0);
         let after = mappings();
-        assert!(after <= before + 2, "round {round}: mappings {before} -> {after} (memory kept after dlclose)");
+        // A kept copy would leave dozens of mappings (one chunk per class used, the per-CPU
+        // pool, the metadata); a few come and go with the test runner's own threads.
+        assert!(after <= before + 8, "round {round}: mappings {before} -> {after} (memory kept after dlclose)");
     }
 }
