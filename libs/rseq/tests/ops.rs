@@ -132,12 +132,23 @@ fn lock_exact(index: Index) {
     let ops2 = ops.clone();
     let report = storm(THREADS, STORM, None, move |_| {
         let n = for_a_while(|_| {
+            let mut busy = 0u32;
             let cpu = loop {
                 // SAFETY: pool memory for every possible CPU; the fallback set is distinct.
                 match unsafe { percpu_load_compare_store(&locks, &fallback_locks, 0, 1) } {
                     Ok((cpu, Path::Rseq)) => break cpu as usize,
                     Ok((_, Path::Fallback)) => panic!("fallback path taken with an rseq area"),
-                    Err(_) => std::thread::yield_now(),
+                    // Retry in user space for a while before yielding: a thread that
+                    // yields at once spends its time in the kernel, where no section can
+                    // be interrupted, and a run could pass without one restart.
+                    Err(_) => {
+                        busy += 1;
+                        if busy % 256 == 0 {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             };
             // SAFETY: we own lock[cpu], which guards data[cpu].
@@ -334,6 +345,7 @@ fn add_if_equal_stops_after_membarrier() {
     let _serial = serial();
     rseq::membarrier::register_private_expedited_rseq().expect("membarrier RSEQ registration");
     const DEAD: u64 = u64::MAX;
+    const SPINS: u64 = 16;
     let c = counter(Index::CpuId);
     let check: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     let committed = Arc::new(AtomicU64::new(0));
@@ -366,8 +378,11 @@ fn add_if_equal_stops_after_membarrier() {
                 return;
             }
             loop {
+                // A section widened by a few pause instructions: a two-instruction window
+                // is so rarely interrupted that a run can pass without one restart, and
+                // then it would not show that aborted adds are retried exactly.
                 // SAFETY: pool words for every possible CPU; `check` is a leaked atomic.
-                match unsafe { area.try_add_if_equal(check.as_ptr(), e, &c.words, 1) } {
+                match unsafe { area.try_add_if_equal_delayed(check.as_ptr(), e, &c.words, 1, SPINS) } {
                     (rseq::Outcome::Committed, _) => {
                         mine += 1;
                         break;
