@@ -143,7 +143,7 @@ fn lock_exact(index: Index) {
                     // be interrupted, and a run could pass without one restart.
                     Err(_) => {
                         busy += 1;
-                        if busy % 256 == 0 {
+                        if busy.is_multiple_of(256) {
                             std::thread::yield_now();
                         } else {
                             std::hint::spin_loop();
