@@ -59,7 +59,7 @@
 mod error;
 mod fence;
 pub mod ffi;
-mod lock;
+use futex_lock as lock;
 mod registry;
 mod table;
 mod unload;

@@ -16,52 +16,13 @@
 //! unloading completes or is refused; later calls find no table (and would run unmapped
 //! code anyway).
 
-use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicPtr, Ordering};
-
-extern "C" {
-    fn __cxa_atexit(func: unsafe extern "C" fn(*mut c_void), arg: *mut c_void, dso: *mut c_void) -> c_int;
-}
-
-/// The semaphore the exit handler posts (null until the first create registered it).
-static EXIT_MARK: AtomicPtr<libc::sem_t> = AtomicPtr::new(core::ptr::null_mut());
-
 /// Registers the exit mark once (under the registry lock, by the first create).
 pub(crate) fn register_exit_mark() {
-    if !EXIT_MARK.load(Ordering::Acquire).is_null() {
-        return;
-    }
-    // SAFETY: malloc of a sem_t, initialised before use and never freed; `sem_post` has the
-    // C signature int(sem_t *), called by exit with the argument given here and its result
-    // ignored, which the C calling convention allows through a void(void *) pointer.
-    unsafe {
-        let sem = libc::malloc(core::mem::size_of::<libc::sem_t>()).cast::<libc::sem_t>();
-        if sem.is_null() || libc::sem_init(sem, 0, 0) != 0 {
-            return;
-        }
-        let post: unsafe extern "C" fn(*mut libc::sem_t) -> c_int = libc::sem_post;
-        let handler: unsafe extern "C" fn(*mut c_void) = core::mem::transmute(post);
-        if __cxa_atexit(handler, sem.cast(), core::ptr::null_mut()) == 0 {
-            EXIT_MARK.store(sem, Ordering::Release);
-        }
-    }
-}
-
-/// Whether the process is exiting (the exit mark was posted), or it cannot be told (no
-/// mark: then nothing was allocated either, or registering failed and memory is kept).
-fn exiting_or_unknown() -> bool {
-    let sem = EXIT_MARK.load(Ordering::Acquire);
-    if sem.is_null() {
-        return true;
-    }
-    let mut v: c_int = 0;
-    // SAFETY: a live, initialised semaphore.
-    unsafe { libc::sem_getvalue(sem, &mut v) };
-    v > 0
+    rseq::exit_mark::register();
 }
 
 extern "C" fn at_unload() {
-    if !exiting_or_unknown() {
+    if !rseq::exit_mark::exiting_or_unknown() {
         crate::registry::release_all();
     }
 }

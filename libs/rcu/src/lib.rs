@@ -17,7 +17,7 @@ mod callbacks;
 mod check;
 mod domain;
 pub mod ffi;
-mod lock;
+use futex_lock as lock;
 pub mod map;
 mod unload;
 

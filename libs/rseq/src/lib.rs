@@ -15,11 +15,13 @@
 //! - [`topology`], [`pool`]: possible/online/allowed CPUs and the per-CPU strided pool.
 //! - [`membarrier`]: expedited barriers, including the one that restarts sections.
 //! - [`stats`]: aborts, fallback operations, registrations.
+//! - [`exit_mark`]: lets a library's destructor tell `dlclose` from process exit.
 
 mod arch;
 pub mod area;
 #[cfg(feature = "asm-check")]
 pub mod asm_check;
+pub mod exit_mark;
 pub mod fallback;
 pub mod membarrier;
 pub mod ops;
