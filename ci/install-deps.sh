@@ -21,10 +21,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   for i in 1 2 3; do apt-get update -qq && break || sleep 5; done
   apt-get install -y -qq "${pkgs[@]}"
 fi
-# The allocator benchmark's peers (bench/alloc, by LD_PRELOAD) and the real programs that
-# ci/alloc-programs.sh runs under a drop-in malloc.
+# The allocator benchmark's peers (bench/alloc, by LD_PRELOAD), the real programs that
+# ci/alloc-programs.sh runs under a drop-in malloc, liburcu (the RCU benchmark's peer and the
+# key-value server's rculfhash stack), memcached and its load generator (apps/kvd's peers).
 alloc_pkgs=()
-for pkg in libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 sqlite3 git gcc python3; do
+for pkg in libjemalloc2 libjemalloc-dev libmimalloc2.0 libtcmalloc-minimal4 sqlite3 git gcc python3 \
+  liburcu-dev memcached libmemcached-tools; do
   dpkg -s "$pkg" >/dev/null 2>&1 || alloc_pkgs+=("$pkg")
 done
 if [ ${#alloc_pkgs[@]} -gt 0 ]; then
