@@ -2,8 +2,10 @@
 //! between CPU caches, and behind it the class's spans (runs of pages cut into objects of
 //! the class) with their free lists. Spans come from chunks: 4 MiB aligned mappings, each
 //! serving one class and recorded in the page map. A span whose objects are all free again
-//! gives its pages back to the kernel (`madvise(MADV_DONTNEED)`) and is cut anew on reuse.
-//! Everything of a class is under that class's lock.
+//! gives its pages back to the kernel (`madvise(MADV_DONTNEED)`) and is cut anew on reuse:
+//! past a small reserve per class, once it has stayed empty for [`DECAY_MS`] (a program that
+//! frees a batch and allocates it again each round does not fault the pages in each round),
+//! and at once past a cap. Everything of a class is under that class's lock.
 
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +33,8 @@ pub struct Span {
     listed: bool,
     /// Its pages are (partly) backed: something was cut since it was last released.
     backed: bool,
+    /// `sys::coarse_ms()` when its last object came back (meaningful while it is empty).
+    empty_since: u64,
     next: *mut Span,
     prev: *mut Span,
 }
@@ -111,15 +115,30 @@ pub struct Central {
     chunks: *mut Chunk,
     /// Spans given back to the kernel since start.
     pub releases: u64,
-    /// Empty spans kept backed (up to `keep_empty`), so that a class that empties and
-    /// refills a span does not fault its pages in again each time.
+    /// Empty spans still backed, so that a class that empties and refills a span does not
+    /// fault its pages in again each time: up to `keep_empty` for good, up to `cap_empty`
+    /// until they have been empty for `DECAY_MS`.
     empty_kept: usize,
 }
 
-/// Empty spans a class keeps backed: 256 KiB worth (none for classes with bigger spans).
+/// Empty spans a class keeps backed for good: 256 KiB worth (none for classes with bigger
+/// spans).
 fn keep_empty(c: usize) -> usize {
     256 * 1024 / class::span_bytes(c)
 }
+
+/// Empty spans a class keeps backed for at most [`DECAY_MS`]: 4 MiB worth, at least one; a
+/// span that empties past it is released at once.
+fn cap_empty(c: usize) -> usize {
+    (4 * 1024 * 1024 / class::span_bytes(c)).max(1)
+}
+
+/// How long an empty span past the reserve stays backed: the decay pass, run by the central
+/// layer's operations at most once per `DECAY_MS`, releases those empty for longer.
+pub const DECAY_MS: u64 = 1000;
+
+/// `sys::coarse_ms()` of the last decay pass.
+static DECAY_AT: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: the raw pointers name records and memory owned by the allocator, used under the
 // class lock.
@@ -256,12 +275,38 @@ impl Central {
                 self.list(s);
             }
             if sp.nfree == sp.carved {
-                if self.empty_kept < keep_empty(c) {
+                if self.empty_kept < cap_empty(c) {
                     self.empty_kept += 1;
+                    sp.empty_since = sys::coarse_ms();
                 } else {
                     release_span(sp, ch.span_shift);
                     self.releases += 1;
                 }
+            }
+        }
+    }
+
+    /// Releases empty spans past the class's reserve that have been empty since before
+    /// `cutoff` (a `sys::coarse_ms()` value).
+    fn decay(&mut self, c: usize, cutoff: u64) {
+        let keep = keep_empty(c);
+        let mut ch = self.chunks;
+        // SAFETY: chunk records of this class, under its lock.
+        unsafe {
+            while !ch.is_null() && self.empty_kept > keep {
+                let chr = &mut *ch;
+                for i in 0..chr.used as usize {
+                    let sp = &mut chr.spans[i];
+                    if sp.carved > 0 && sp.nfree == sp.carved && sp.empty_since < cutoff {
+                        release_span(sp, chr.span_shift);
+                        self.releases += 1;
+                        self.empty_kept -= 1;
+                        if self.empty_kept <= keep {
+                            break;
+                        }
+                    }
+                }
+                ch = chr.next;
             }
         }
     }
@@ -368,13 +413,35 @@ pub static CHUNK_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Takes up to `out.len()` objects of class `c`; returns how many (0: out of memory).
 pub fn take(c: usize, out: &mut [u64]) -> usize {
-    CENTRAL[c].lock().take(c, out)
+    let n = CENTRAL[c].lock().take(c, out);
+    maybe_decay();
+    n
 }
 
 /// Gives objects of class `c` back.
 pub fn give(c: usize, objs: &[u64]) {
     if !objs.is_empty() {
         CENTRAL[c].lock().give(c, objs);
+        maybe_decay();
+    }
+}
+
+/// Runs the decay pass over every class when the last one is `DECAY_MS` old: the thread
+/// that claims the pass releases, in each class whose lock it gets without waiting, the
+/// empty spans past the reserve that have been empty for `DECAY_MS`. Called with no class
+/// lock held; a class that is busy is visited by a later pass.
+fn maybe_decay() {
+    let now = sys::coarse_ms();
+    let last = DECAY_AT.load(Ordering::Relaxed);
+    if now < last + DECAY_MS || DECAY_AT.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return;
+    }
+    for (c, central) in CENTRAL.iter().enumerate() {
+        if let Some(mut g) = central.try_lock() {
+            if g.empty_kept > keep_empty(c) {
+                g.decay(c, now.saturating_sub(DECAY_MS));
+            }
+        }
     }
 }
 

@@ -290,6 +290,77 @@ fn child_churn() {
     println!("churn: resident {} KiB -> {} KiB", base.resident_bytes / 1024, s.resident_bytes / 1024);
 }
 
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage with a valid out-struct.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut ru), 0);
+        ru.ru_minflt
+    }
+}
+
+/// Allocates `n` blocks of `size` bytes and writes every page of them.
+fn allocate_touched(n: usize, size: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let p = palloc_malloc(size);
+            assert!(!p.is_null());
+            for off in (0..size).step_by(512) {
+                // SAFETY: inside the block just allocated.
+                unsafe { p.cast::<u8>().add(off).write(1) };
+            }
+            p as usize
+        })
+        .collect()
+}
+
+/// Empty spans stay backed for a while and are then given back: a batch freed and
+/// allocated again at once does not fault its pages in again, and a second later the
+/// spans past the reserve are released (the next allocator call runs the decay pass).
+#[test]
+fn empty_spans_are_reused_then_released() {
+    let (st, out) = run_role("child_decay", &[]);
+    assert!(st.success(), "{out}");
+}
+
+#[test]
+#[ignore = "child role"]
+fn child_decay() {
+    if !in_role("child_decay") {
+        return;
+    }
+    const N: usize = 4096;
+    const SIZE: usize = 1000;
+    for p in allocate_touched(N, SIZE) {
+        palloc_free(p as *mut c_void);
+    }
+    let freed = stats();
+    let before = minor_faults();
+    let again = allocate_touched(N, SIZE);
+    let refaults = minor_faults() - before;
+    for p in again {
+        palloc_free(p as *mut c_void);
+    }
+    // 4 MiB is ~1000 pages; the few faults left are the test's own (stats, vector).
+    assert!(refaults < 200, "allocating a freed batch again faulted {refaults} pages in ({freed:?})");
+    let kept = stats();
+    std::thread::sleep(Duration::from_millis(1300));
+    // The first allocation of another class goes to the central layer, which runs the pass.
+    let q = palloc_malloc(24);
+    palloc_free(q);
+    let later = stats();
+    assert!(
+        later.resident_bytes + 5 * 1024 * 1024 / 2 <= kept.resident_bytes,
+        "empty spans were not given back a second later: {kept:?} -> {later:?}"
+    );
+    assert!(later.span_releases > kept.span_releases, "{kept:?} -> {later:?}");
+    println!(
+        "decay: {refaults} faults on reallocation; resident {} KiB -> {} KiB",
+        kept.resident_bytes / 1024,
+        later.resident_bytes / 1024
+    );
+}
+
 /// Under RLIMIT_AS, allocations fail with NULL and ENOMEM; nothing aborts, and freeing
 /// lets allocation succeed again.
 #[test]
