@@ -437,7 +437,9 @@ fn first_overlap(blocks: &[(usize, usize)]) -> Option<usize> {
 /// - the central transfer stacks: about 512 KiB per class (`transfer_capacity`), 52 classes;
 /// - empty spans each class keeps backed (`central.rs` `keep_empty`): about 256 KiB per
 ///   class, but at least one span, and the twelve classes above 32 KiB have spans of 512 KiB
-///   to 2 MiB: 52 * 256 KiB + 12 * 2 MiB;
+///   to 2 MiB: 52 * 256 KiB + 12 * 2 MiB; plus the empty spans past those reserves that
+///   wait up to a second for the decay pass (`DECAYING_MAX`, 8 MiB, passed by at most a span
+///   per class when classes empty spans at the same moment: counted as 8 + 8 MiB);
 /// - fragmentation: free objects in spans that still hold live objects. palloc only returns
 ///   a span's pages when the whole span is free, so a span with one live object stays
 ///   backed; the adapter's random frees leave spans part-full. Bounded here by the live
@@ -447,7 +449,7 @@ fn rss_bound(s: &Stats) -> u64 {
     const MIB: u64 = 1 << 20;
     let percpu = s.ncpus * 3 * MIB;
     let transfer = 52 * 512 * 1024;
-    let empty_kept = 52 * 256 * 1024 + 12 * 2 * MIB;
+    let empty_kept = 52 * 256 * 1024 + 12 * 2 * MIB + 16 * MIB;
     s.live_bytes * 2 + s.large_bytes + s.metadata_bytes + percpu + transfer + empty_kept + 8 * MIB + 16 * MIB
 }
 

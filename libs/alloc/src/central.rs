@@ -5,7 +5,7 @@
 //! gives its pages back to the kernel (`madvise(MADV_DONTNEED)`) and is cut anew on reuse:
 //! past a small reserve per class, once it has stayed empty for [`DECAY_MS`] (a program that
 //! frees a batch and allocates it again each round does not fault the pages in each round),
-//! and at once past a cap. Everything of a class is under that class's lock.
+//! and at once past a process-wide cap on such spans. Everything of a class is under that class's lock.
 
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -116,8 +116,9 @@ pub struct Central {
     /// Spans given back to the kernel since start.
     pub releases: u64,
     /// Empty spans still backed, so that a class that empties and refills a span does not
-    /// fault its pages in again each time: up to `keep_empty` for good, up to `cap_empty`
-    /// until they have been empty for `DECAY_MS`.
+    /// fault its pages in again each time: up to `keep_empty` for good, more (within
+    /// `DECAYING_MAX` for all classes together) until they have been empty for `DECAY_MS`.
+    /// Changed only through `set_empty_kept`.
     empty_kept: usize,
 }
 
@@ -127,10 +128,18 @@ fn keep_empty(c: usize) -> usize {
     256 * 1024 / class::span_bytes(c)
 }
 
-/// Empty spans a class keeps backed for at most [`DECAY_MS`]: 4 MiB worth, at least one; a
-/// span that empties past it is released at once.
-fn cap_empty(c: usize) -> usize {
-    (4 * 1024 * 1024 / class::span_bytes(c)).max(1)
+/// Bytes of empty spans past their class's `keep_empty`, all classes together, that may wait
+/// for the decay pass; a span that empties past it is released at once. (Classes check and
+/// count under their own locks, so classes emptying spans at the same moment can pass it by
+/// a span each.)
+pub const DECAYING_MAX: u64 = 8 * 1024 * 1024;
+
+/// Bytes of empty spans past their class's reserve (see `DECAYING_MAX`).
+static DECAYING: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of `kept` empty spans of class `c` past its reserve.
+fn decaying_bytes(c: usize, kept: usize) -> u64 {
+    (kept.saturating_sub(keep_empty(c)) * class::span_bytes(c)) as u64
 }
 
 /// How long an empty span past the reserve stays backed: the decay pass, run by the central
@@ -235,7 +244,7 @@ impl Central {
             unsafe {
                 let sp = &mut *s;
                 if sp.nfree > 0 && sp.nfree == sp.carved {
-                    self.empty_kept -= 1;
+                    self.set_empty_kept(c, self.empty_kept - 1);
                 }
                 while n < out.len() && sp.nfree > 0 {
                     let p = sp.free;
@@ -275,8 +284,10 @@ impl Central {
                 self.list(s);
             }
             if sp.nfree == sp.carved {
-                if self.empty_kept < cap_empty(c) {
-                    self.empty_kept += 1;
+                let room = self.empty_kept < keep_empty(c)
+                    || DECAYING.load(Ordering::Relaxed) + class::span_bytes(c) as u64 <= DECAYING_MAX;
+                if room {
+                    self.set_empty_kept(c, self.empty_kept + 1);
                     sp.empty_since = sys::coarse_ms();
                 } else {
                     release_span(sp, ch.span_shift);
@@ -284,6 +295,17 @@ impl Central {
                 }
             }
         }
+    }
+
+    /// Sets the class's count of empty backed spans, keeping `DECAYING` in step.
+    fn set_empty_kept(&mut self, c: usize, kept: usize) {
+        let (old, new) = (decaying_bytes(c, self.empty_kept), decaying_bytes(c, kept));
+        if new > old {
+            DECAYING.fetch_add(new - old, Ordering::Relaxed);
+        } else if old > new {
+            DECAYING.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        self.empty_kept = kept;
     }
 
     /// Releases empty spans past the class's reserve that have been empty since before
@@ -300,7 +322,7 @@ impl Central {
                     if sp.carved > 0 && sp.nfree == sp.carved && sp.empty_since < cutoff {
                         release_span(sp, chr.span_shift);
                         self.releases += 1;
-                        self.empty_kept -= 1;
+                        self.set_empty_kept(c, self.empty_kept - 1);
                         if self.empty_kept <= keep {
                             break;
                         }
@@ -312,7 +334,7 @@ impl Central {
     }
 
     /// Gives the pages of every kept empty span back (trim).
-    fn release_kept(&mut self) {
+    fn release_kept(&mut self, c: usize) {
         let mut ch = self.chunks;
         // SAFETY: chunk records of this class, under its lock.
         unsafe {
@@ -328,7 +350,7 @@ impl Central {
                 ch = chr.next;
             }
         }
-        self.empty_kept = 0;
+        self.set_empty_kept(c, 0);
     }
 
     /// Takes `objs` back: onto the transfer stack while it has room, the rest to spans.
@@ -450,7 +472,7 @@ pub fn flush_all() {
     for (c, central) in CENTRAL.iter().enumerate() {
         let mut g = central.lock();
         g.flush(c);
-        g.release_kept();
+        g.release_kept(c);
     }
 }
 
@@ -572,7 +594,7 @@ pub unsafe fn release_all_held() {
 /// # Safety
 /// Nothing uses the allocator's memory any more.
 pub unsafe fn unmap_all() {
-    for central in CENTRAL.iter() {
+    for (c, central) in CENTRAL.iter().enumerate() {
         let mut g = central.lock();
         let mut ch = g.chunks;
         while !ch.is_null() {
@@ -585,7 +607,7 @@ pub unsafe fn unmap_all() {
         g.chunks = ptr::null_mut();
         g.partial = ptr::null_mut();
         g.ntransfer = 0;
-        g.empty_kept = 0;
+        g.set_empty_kept(c, 0);
     }
     pagemap::clear();
     CHUNK_BYTES.store(0, Ordering::Relaxed);
