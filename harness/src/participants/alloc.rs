@@ -435,9 +435,9 @@ fn first_overlap(blocks: &[(usize, usize)]) -> Option<usize> {
 ///   16 KiB, 2 up to 32 KiB: about 1.4 MiB), counted as 1.5 MiB, plus the per-CPU pool slots
 ///   that hold them (counted whole: the same again);
 /// - the central transfer stacks: about 512 KiB per class (`transfer_capacity`), 52 classes;
-/// - empty spans each class keeps backed (`central.rs` `keep_empty`): about 256 KiB per
-///   class, but at least one span, and the twelve classes above 32 KiB have spans of 512 KiB
-///   to 2 MiB: 52 * 256 KiB + 12 * 2 MiB; plus the empty spans past those reserves that
+/// - empty spans each class keeps backed for good (`central.rs` `keep_empty`: one 64 KiB span
+///   per class up to 8 KiB), counted generously as 52 * 256 KiB + 12 * 2 MiB (the twelve
+///   classes above 32 KiB have spans of 512 KiB to 2 MiB); plus the empty spans past those that
 ///   wait up to a second for the decay pass (`DECAYING_MAX`, 8 MiB, passed by at most a span
 ///   per class when classes empty spans at the same moment: counted as 8 + 8 MiB);
 /// - fragmentation: free objects in spans that still hold live objects. palloc only returns

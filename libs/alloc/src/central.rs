@@ -122,10 +122,11 @@ pub struct Central {
     empty_kept: usize,
 }
 
-/// Empty spans a class keeps backed for good: 256 KiB worth (none for classes with bigger
-/// spans).
+/// Empty spans a class keeps backed for good: one 64 KiB span (none for classes with bigger
+/// spans; with the decay pass keeping more for a second, a bigger reserve only held memory
+/// in every class a program had ever used).
 fn keep_empty(c: usize) -> usize {
-    256 * 1024 / class::span_bytes(c)
+    64 * 1024 / class::span_bytes(c)
 }
 
 /// Bytes of empty spans past their class's `keep_empty`, all classes together, that may wait
