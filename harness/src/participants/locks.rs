@@ -7,7 +7,9 @@
 //!   current CPU's (`plock_mutex_lock`, most often), a random index (`plock_mutex_lock_index`)
 //!   or a random index if free (`plock_mutex_trylock_index`) — checks that the cell's words
 //!   are equal, adds `d` to each word one store at a time with pauses (and sometimes a
-//!   `sched_yield`, so that the holder is preempted or migrates half-way), bumps the count,
+//!   `sched_yield`, so that the holder is preempted half-way; one update in 64 moves itself
+//!   to another CPU of its mask half-way, and restores its mask after the release unless
+//!   the harness changed it meanwhile), bumps the count,
 //!   adds `d` and 1 to the adapter's atomic ledger of that index, and releases the lock from
 //!   whatever CPU it runs on then. A holder count per index (atomic, incremented right
 //!   after the take) catches two holders at once directly.
@@ -59,6 +61,8 @@ const WORDS: usize = 4;
 const BLOCK: usize = 8;
 /// One unit in this many is a writer of the big-reader lock.
 const WRITER_ONE_IN: u32 = 16;
+/// One mutex update in this many moves its thread to another CPU while it holds the lock.
+const MIGRATE_ONE_IN: u32 = 64;
 
 const EBUSY: c_int = -2;
 
@@ -199,6 +203,42 @@ fn cpu() -> i32 {
     unsafe { libc::sched_getcpu() }
 }
 
+/// Moves the calling thread to another CPU of its affinity mask (narrowing the mask to that
+/// one CPU and yielding). Returns the mask to restore, `None` when the thread may run on one
+/// CPU only.
+fn migrate_self() -> Option<(libc::cpu_set_t, libc::cpu_set_t)> {
+    // SAFETY: cpu_set_t is plain data; the calls get its size and the calling thread (0).
+    unsafe {
+        let mut saved: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) != 0 {
+            return None;
+        }
+        let here = libc::sched_getcpu();
+        let other = (0..libc::CPU_SETSIZE as usize).find(|&c| c as i32 != here && libc::CPU_ISSET(c, &saved))?;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(other, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+            return None;
+        }
+        libc::sched_yield();
+        Some((saved, one))
+    }
+}
+
+/// Undoes [`migrate_self`] unless the harness changed the thread's mask meanwhile (an
+/// affinity, cpuset or hotplug event: its mask then stands).
+fn restore_affinity(saved: &libc::cpu_set_t, narrowed: &libc::cpu_set_t) {
+    // SAFETY: as in migrate_self.
+    unsafe {
+        let mut now: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut now) == 0
+            && libc::CPU_EQUAL(&now, narrowed)
+        {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), saved);
+        }
+    }
+}
+
 fn yield_now() {
     // SAFETY: no preconditions.
     unsafe { libc::sched_yield() };
@@ -322,7 +362,15 @@ impl LocksAdapter {
 
     /// Updates cell `i` under its lock (held by the caller): checks it is whole, adds `d` to
     /// every word one store at a time, counts the update in the cell and in the ledger.
-    fn update_cell(&self, i: usize, d: u64, rng: &mut ChaCha8Rng) -> Result<(), String> {
+    /// With `migrate`, the holder moves to another CPU half-way through (returned: the mask
+    /// to restore after the release).
+    fn update_cell(
+        &self,
+        i: usize,
+        d: u64,
+        migrate: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> (Result<(), String>, Option<(libc::cpu_set_t, libc::cpu_set_t)>) {
         let l = &self.ledger[i];
         if l.holders.fetch_add(1, Ordering::SeqCst) != 0 {
             self.overlaps.fetch_add(1, Ordering::SeqCst);
@@ -333,10 +381,15 @@ impl LocksAdapter {
             self.torn_cells.fetch_add(1, Ordering::SeqCst);
             bad = Some(format!("lock {i} held, but its cell is half updated: words {before:?}"));
         }
-        let yield_at = if rng.random_range(0..8) == 0 { rng.random_range(1..WORDS) } else { WORDS };
+        let yield_at = if migrate || rng.random_range(0..8) == 0 { rng.random_range(1..WORDS) } else { WORDS };
+        let mut moved = None;
         for k in 0..WORDS {
             if k == yield_at {
-                yield_now();
+                if migrate {
+                    moved = migrate_self();
+                } else {
+                    yield_now();
+                }
             }
             let p = self.cell_word(i, k);
             // SAFETY: guarded by lock `i`.
@@ -348,7 +401,7 @@ impl LocksAdapter {
         l.sum.fetch_add(d, Ordering::SeqCst);
         l.updates.fetch_add(1, Ordering::SeqCst);
         l.holders.fetch_sub(1, Ordering::SeqCst);
-        bad.map_or(Ok(()), Err)
+        (bad.map_or(Ok(()), Err), moved)
     }
 
     /// One mutex update: take a lock (current CPU, given index or try), update, release.
@@ -359,7 +412,7 @@ impl LocksAdapter {
         let i = if self.broken == Break::Mutex {
             // The test-only broken variant: no lock at all.
             let i = (at.max(0) as usize) % self.count;
-            let r = self.update_cell(i, d, rng);
+            let (r, _) = self.update_cell(i, d, false, rng);
             self.mutex_units.fetch_add(1, Ordering::SeqCst);
             return r;
         } else if how < 12 {
@@ -390,11 +443,15 @@ impl LocksAdapter {
             self.index_takes.fetch_add(1, Ordering::Relaxed);
             i
         };
-        let r = self.update_cell(i, d, rng);
+        let migrate = rng.random_range(0..MIGRATE_ONE_IN) == 0;
+        let (r, moved) = self.update_cell(i, d, migrate, rng);
         // SAFETY: our live mutex array; lock `i` is ours.
         let u = unsafe { (self.api.m_unlock)(self.m(), i as c_int) };
         if cpu() != at {
             self.migrated.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((saved, one)) = moved {
+            restore_affinity(&saved, &one);
         }
         self.mutex_units.fetch_add(1, Ordering::SeqCst);
         r?;
@@ -625,7 +682,7 @@ impl LocksAdapter {
                     "cell {i} in the child: words {w:?}, {n} updates; ledger {ups} updates adding {sum}"
                 ));
             }
-            self.update_cell(i, 1, &mut rng)?;
+            self.update_cell(i, 1, false, &mut rng).0?;
             // SAFETY: taken above by this thread.
             let u = unsafe { (self.api.m_unlock)(self.m(), i as c_int) };
             if u != 0 {
@@ -664,7 +721,7 @@ impl LocksAdapter {
         Ok(CheckOk {
             checked: self.count as u64 + 3,
             what: format!(
-                "forked child: {free} locks free (cells exact, updated), {held} held by parent threads; {rw}"
+                "forked child: {free} locks free (cells exact, updated), {held} held by parent threads (busy in the child); {rw}"
             ),
         })
     }
