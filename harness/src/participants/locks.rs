@@ -407,11 +407,10 @@ impl LocksAdapter {
     /// One mutex update: take a lock (current CPU, given index or try), update, release.
     fn mutex_unit(&self, rng: &mut ChaCha8Rng) -> Result<(), String> {
         let d = rng.random_range(1..=3u64);
-        let at = cpu();
         let how = rng.random_range(0..20);
         let i = if self.broken == Break::Mutex {
             // The test-only broken variant: no lock at all.
-            let i = (at.max(0) as usize) % self.count;
+            let i = (cpu().max(0) as usize) % self.count;
             let (r, _) = self.update_cell(i, d, false, rng);
             self.mutex_units.fetch_add(1, Ordering::SeqCst);
             return r;
@@ -443,6 +442,8 @@ impl LocksAdapter {
             self.index_takes.fetch_add(1, Ordering::Relaxed);
             i
         };
+        // The CPU the holder runs on right after the take.
+        let at = cpu();
         let migrate = rng.random_range(0..MIGRATE_ONE_IN) == 0;
         let (r, moved) = self.update_cell(i, d, migrate, rng);
         // SAFETY: our live mutex array; lock `i` is ours.
