@@ -773,11 +773,6 @@ impl Participant for LocksAdapter {
         }
     }
 
-    fn index_used(&self) -> Option<&'static str> {
-        // One lock per possible CPU, taken by the CPU the caller runs on.
-        Some("cpu_id")
-    }
-
     fn thread_mode(&self) -> ThreadMode {
         let mut err: c_int = 0;
         // SAFETY: writable int.
