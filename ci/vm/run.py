@@ -480,7 +480,7 @@ def build_payload(profile, work: Path, arch: Arch = None) -> Payload:
         elif "cdylib" in m["target"]["kind"] and m["package_id"].split("#")[0].find("/libs/") >= 0:
             pl.libs += [Path(f) for f in m["filenames"] if f.endswith(".so")]
     # The harness drives the kinds its registry lists (participants/registry.rs); other
-    # cdylibs (the drop-in malloc, a library without an adapter yet) stay out of the guest.
+    # cdylibs (the drop-in malloc) stay out of the guest.
     known = set(re.findall(r'default_file:\s*Some\("([^"]+)"\)',
                            (ROOT / "harness/src/participants/registry.rs").read_text()))
     skipped = [p.name for p in pl.libs if p.name not in known]

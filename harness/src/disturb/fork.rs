@@ -64,7 +64,11 @@ impl Engine {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.fork_child(seed ^ i as u64)));
                 let mode = p.thread_mode().name();
                 match r {
-                    Ok(Ok(c)) => text.push_str(&format!("{name}: ok ({} facts, mode {mode})\n", c.checked)),
+                    Ok(Ok(c)) => text.push_str(&format!(
+                        "{name}: ok ({} facts, mode {mode}): {}\n",
+                        c.checked,
+                        c.what.replace('\n', " ")
+                    )),
                     Ok(Err(m)) => {
                         all_ok = false;
                         text.push_str(&format!("{name}: FAILED in the child: {m} (mode {mode})\n"));

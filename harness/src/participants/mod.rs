@@ -1,10 +1,12 @@
 //! How the harness uses a library: the [`Participant`] trait that every adapter implements,
 //! what a participant reports (thread modes, counts, checks), and opening a `.so` by path.
-//! One file per kind of library (`counters.rs`: libpcounters; `plugin.rs`: any plugin of
-//! the `rhp_` ABI); `registry.rs` maps a loaded library to its adapter.
+//! One file per kind of library (`counters.rs`: libpcounters; `alloc.rs`: libpalloc;
+//! `rcu.rs`: libprcu; `locks.rs`: libplocks; `plugin.rs`: any plugin of the `rhp_` ABI);
+//! `registry.rs` maps a loaded library to its adapter.
 
 pub mod alloc;
 pub mod counters;
+pub mod locks;
 pub mod plugin;
 pub mod rcu;
 pub mod registry;

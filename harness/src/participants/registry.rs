@@ -38,6 +38,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind { name: "rcu", marker: "prcu_read_lock", default_file: Some("libprcu.so"), open: super::rcu::open },
     Kind { name: "alloc", marker: "palloc_malloc", default_file: Some("libpalloc.so"), open: super::alloc::open },
+    Kind { name: "locks", marker: "plock_mutex_create", default_file: Some("libplocks.so"), open: super::locks::open },
 ];
 
 /// Library files of the project the default discovery looks for, in discovery order.

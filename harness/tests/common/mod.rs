@@ -134,9 +134,20 @@ impl Run {
     }
 }
 
+/// `libplocks.so`, freshly built for the tests' own profile.
+pub fn locks_lib() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| workspace_tests::built_library("locks", "libplocks.so")).clone()
+}
+
 /// Runs the harness with `args` plus a JSON report, a private replay directory and no
 /// progress output.
 pub fn run(name: &str, args: &[&str]) -> Run {
+    run_env(name, args, &[])
+}
+
+/// [`run`] with extra environment variables (which the run process inherits).
+pub fn run_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let args = hotplug_args(args);
     let json = tmp().join(format!("{name}.json"));
     let replay_dir = tmp().join(format!("{name}-replay"));
@@ -149,6 +160,7 @@ pub fn run(name: &str, args: &[&str]) -> Run {
         .arg("--replay-dir")
         .arg(&replay_dir)
         .arg("--no-progress")
+        .envs(env.iter().copied())
         .output()
         .expect("run the harness");
     let report = std::fs::read(&json).ok().map(|b| serde_json::from_slice(&b).expect("valid JSON report"));

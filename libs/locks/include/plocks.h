@@ -19,6 +19,8 @@
 #ifndef PLOCKS_H
 #define PLOCKS_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -78,6 +80,26 @@ const char *plock_strerror(int code);
 const char *plock_version(void);
 /* Non-zero: every later operation of this library copy takes the atomic fallback path. */
 void plock_force_fallback(int on);
+
+/* The calling thread's rseq mode as this copy sees it (registering libc's reserved area on
+ * the way where the process needs that); *err (when not NULL) gets the errno of a refused
+ * registration, else 0. */
+#define PLOCK_MODE_LIBC_OWNED  1 /* libc registered the area */
+#define PLOCK_MODE_REGISTERED  2 /* libc reserved it, a library registered it */
+#define PLOCK_MODE_UNAVAILABLE 4 /* no usable area: atomic fallback paths */
+#define PLOCK_MODE_DISABLED    5 /* plock_force_fallback(1) */
+int plock_rseq_mode(int *err);
+/* This copy's counts since it was loaded (process-wide). fallback_ops counts the
+ * big-reader lock's atomic adds; a mutex take without rseq is a compare-and-swap on the
+ * lock word and is not counted. PLOCK_EINVAL for NULL. */
+struct plock_rseq_statistics {
+    uint64_t aborts;
+    uint64_t fallback_ops;
+    uint64_t registered_by_us;
+    uint64_t registered_by_peer;
+    uint64_t registration_failures;
+};
+int plock_rseq_stats(struct plock_rseq_statistics *out);
 
 #ifdef __cplusplus
 }

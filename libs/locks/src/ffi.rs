@@ -237,3 +237,72 @@ pub extern "C" fn plock_version() -> *const c_char {
 pub extern "C" fn plock_force_fallback(on: c_int) {
     crate::force_fallback(on != 0);
 }
+
+/// `PLOCK_MODE_LIBC_OWNED`: libc registered the calling thread's rseq area.
+pub const PLOCK_MODE_LIBC_OWNED: c_int = 1;
+/// `PLOCK_MODE_REGISTERED`: libc reserved the area and a library registered it.
+pub const PLOCK_MODE_REGISTERED: c_int = 2;
+/// `PLOCK_MODE_UNAVAILABLE`: no usable area (errno of the refused registration in `*err`).
+pub const PLOCK_MODE_UNAVAILABLE: c_int = 4;
+/// `PLOCK_MODE_DISABLED`: the fallback path is forced (`plock_force_fallback`).
+pub const PLOCK_MODE_DISABLED: c_int = 5;
+
+/// The calling thread's rseq mode as this copy sees it (`PLOCK_MODE_*`), registering
+/// libc's reserved area on the way when the process needs that; the errno of a refused
+/// registration in `*err` (0 otherwise).
+///
+/// # Safety
+/// `err` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rseq_mode(err: *mut c_int) -> c_int {
+    let (m, e) = match rseq::mode() {
+        rseq::Mode::LibcOwned => (PLOCK_MODE_LIBC_OWNED, 0),
+        rseq::Mode::Registered => (PLOCK_MODE_REGISTERED, 0),
+        rseq::Mode::Unavailable { errno } => (PLOCK_MODE_UNAVAILABLE, errno),
+        rseq::Mode::Disabled => (PLOCK_MODE_DISABLED, 0),
+    };
+    if !err.is_null() {
+        // SAFETY: the caller's pointer, NULL or writable.
+        unsafe { err.write(e) };
+    }
+    m
+}
+
+/// Mirrors `struct plock_rseq_statistics`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+pub struct plock_rseq_statistics {
+    /// Critical sections restarted by the kernel.
+    pub aborts: u64,
+    /// Operations on the atomic fallback path (big-reader lock adds).
+    pub fallback_ops: u64,
+    /// Threads for which this copy registered libc's reserved area.
+    pub registered_by_us: u64,
+    /// Registrations that found the area registered by a peer.
+    pub registered_by_peer: u64,
+    /// Threads whose registration failed.
+    pub registration_failures: u64,
+}
+
+/// This copy's rseq statistics (process-wide, since it was loaded). `PLOCK_EINVAL` for NULL.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plock_rseq_stats(out: *mut plock_rseq_statistics) -> c_int {
+    if out.is_null() {
+        return Error::InvalidArgument.code();
+    }
+    let s = rseq::stats();
+    // SAFETY: checked non-null; writable per the caller's contract.
+    unsafe {
+        out.write(plock_rseq_statistics {
+            aborts: s.aborts,
+            fallback_ops: s.fallback_ops,
+            registered_by_us: s.registered_by_us,
+            registered_by_peer: s.registered_by_peer,
+            registration_failures: s.registration_failures,
+        })
+    };
+    0
+}

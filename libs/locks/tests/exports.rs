@@ -36,6 +36,8 @@ fn exports_only_the_prefixed_c_api_and_has_a_soname() {
         "plock_mutex_lock_index",
         "plock_mutex_trylock_index",
         "plock_mutex_unlock",
+        "plock_rseq_mode",
+        "plock_rseq_stats",
         "plock_rwlock_create",
         "plock_rwlock_destroy",
         "plock_rwlock_read_lock",
@@ -98,6 +100,40 @@ fn c_api_through_dlopen_refuses_bad_input() {
         assert_eq!(rd(l), -4);
         assert_eq!(rw_destroy(l), -2, "a writer holds it");
         assert_eq!(wru(l), 0);
+        assert_eq!(rw_destroy(l), 0);
+
+        // Mode and statistics: NULL is refused, a read pair on a thread with rseq counts no
+        // fallback operation, one on the forced fallback counts two.
+        type ModeFn = unsafe extern "C" fn(*mut i32) -> i32;
+        type StatsFn = unsafe extern "C" fn(*mut [u64; 5]) -> i32;
+        type ForceFn = unsafe extern "C" fn(i32);
+        let mode: libloading::Symbol<ModeFn> = lib.get(b"plock_rseq_mode").unwrap();
+        let stats: libloading::Symbol<StatsFn> = lib.get(b"plock_rseq_stats").unwrap();
+        let force: libloading::Symbol<ForceFn> = lib.get(b"plock_force_fallback").unwrap();
+        assert_eq!(stats(std::ptr::null_mut()), -1);
+        let mut err = -7;
+        let m = mode(&mut err);
+        assert!([1, 2, 4].contains(&m), "mode {m}");
+        assert!(m == 4 || err == 0, "errno {err} with mode {m}");
+        assert!([1, 2, 4].contains(&mode(std::ptr::null_mut())));
+        let l = rw_create();
+        let mut before = [0u64; 5];
+        assert_eq!(stats(&mut before), 0);
+        assert_eq!(rd(l), 0);
+        assert_eq!(rdu(l), 0);
+        let mut after = [0u64; 5];
+        assert_eq!(stats(&mut after), 0);
+        if m != 4 {
+            assert_eq!(after[1], before[1], "a read pair with rseq took the fallback path");
+        }
+        force(1);
+        assert_eq!(mode(&mut err), 5, "forced fallback");
+        assert_eq!(stats(&mut before), 0);
+        assert_eq!(rd(l), 0);
+        assert_eq!(rdu(l), 0);
+        assert_eq!(stats(&mut after), 0);
+        assert_eq!(after[1], before[1] + 2, "a forced read pair is two fallback adds");
+        force(0);
         assert_eq!(rw_destroy(l), 0);
         drop(lib);
     }
