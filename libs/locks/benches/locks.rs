@@ -15,7 +15,8 @@
 //!   default lets 2 overlapping readers starve the writer).
 //!
 //! `cargo bench -p locks --bench locks` (about a minute); `-- --quick` (or
-//! `PLOCKS_BENCH_QUICK=1`) for a few seconds in CI. `-- --rounds N` overrides the round count.
+//! `PLOCKS_BENCH_QUICK=1`) for a few seconds in CI. `-- --rounds N` and `-- --iters N` (pairs per thread
+//! with 1 and 2 threads) override the round count and the length.
 
 use std::cell::UnsafeCell;
 use std::hint::black_box;
@@ -255,6 +256,9 @@ fn main() {
     };
     if let Some(i) = args.iter().position(|a| a == "--rounds") {
         cfg.rounds = args.get(i + 1).and_then(|s| s.parse().ok()).expect("--rounds N");
+    }
+    if let Some(i) = args.iter().position(|a| a == "--iters") {
+        cfg.iters = args.get(i + 1).and_then(|s| s.parse().ok()).expect("--iters N");
     }
     let c = c_api();
     println!(
