@@ -15,7 +15,7 @@
 
 use core::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
 
-use rseq::{Index, PercpuArray, PercpuPtr};
+use rseq::{Index, Outcome, PercpuArray, PercpuPtr, ThreadArea};
 
 use crate::mutex::{my_tag, rseq_usable, SLEEP_NS, SPINS};
 use crate::{futex, Error};
@@ -111,10 +111,46 @@ impl BrLock {
         }
     }
 
+    /// One critical section adding 1 to the calling CPU's word of `words`; `false` when it
+    /// did not commit (nothing was added: the caller takes the complete path).
+    #[inline(always)]
+    fn try_add_fast(&self, words: &PercpuArray<u64>) -> bool {
+        if self.use_rseq {
+            if let Some(area) = ThreadArea::current() {
+                // SAFETY: `words` lies inside live slots and is written only by sections.
+                return unsafe { area.try_add(words, 1) }.0 == Outcome::Committed;
+            }
+        }
+        false
+    }
+
     /// Takes the lock for reading (shared with other readers), waiting while a writer holds
     /// it. Not re-entrant with the caller's own write lock (`Deadlock`).
+    ///
+    /// The common case (one committed section, no writer) is inline and calls nothing; the
+    /// restarts, the fallback and the wait for a writer are out of line, so the fast path
+    /// keeps its few registers.
     #[inline]
     pub fn read_lock(&self) -> Result<(), Error> {
+        if self.try_add_fast(&self.locks) {
+            compiler_fence(Ordering::SeqCst);
+            if self.writer.load(Ordering::Relaxed) == 0 {
+                fence(Ordering::Acquire);
+                return Ok(());
+            }
+            return self.read_lock_slow(true);
+        }
+        self.read_lock_slow(false)
+    }
+
+    /// The rest of [`BrLock::read_lock`]: `added` when the fast path's add committed and
+    /// then found a writer.
+    #[cold]
+    #[inline(never)]
+    fn read_lock_slow(&self, added: bool) -> Result<(), Error> {
+        if added {
+            self.read_back_off()?;
+        }
         loop {
             self.add(&self.locks, &self.locks_atomic);
             compiler_fence(Ordering::SeqCst);
@@ -141,11 +177,20 @@ impl BrLock {
     #[inline]
     pub fn read_unlock(&self) {
         fence(Ordering::Release);
-        self.add(&self.unlocks, &self.unlocks_atomic);
+        if !self.try_add_fast(&self.unlocks) {
+            self.add_unlock_slow();
+        }
         compiler_fence(Ordering::SeqCst);
         if self.writer.load(Ordering::Relaxed) != 0 {
             self.wake_writer();
         }
+    }
+
+    /// The unlock add when the fast path's section did not commit (nothing was added).
+    #[cold]
+    #[inline(never)]
+    fn add_unlock_slow(&self) {
+        self.add(&self.unlocks, &self.unlocks_atomic);
     }
 
     #[cold]
