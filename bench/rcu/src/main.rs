@@ -67,6 +67,8 @@ struct Cfg {
     sizes: Vec<u64>,
     lookups: u64,
     so: Option<PathBuf>,
+    /// `--pair NAME`: run only that read-pair variant on one thread (for perf/callgrind).
+    only_pair: Option<String>,
 }
 
 fn parse_args() -> Cfg {
@@ -79,6 +81,7 @@ fn parse_args() -> Cfg {
         sizes: vec![1_000, 100_000, 1_000_000],
         lookups: 1_000_000,
         so: std::env::var_os("PRCU_SO").map(PathBuf::from),
+        only_pair: None,
     };
     let mut idle_given = None;
     let mut rounds_given = None;
@@ -98,6 +101,7 @@ fn parse_args() -> Cfg {
             "--rounds" => rounds_given = Some(number(&value("--rounds"))),
             "--idle-threads" => idle_given = Some(number(&value("--idle-threads"))),
             "--prcu-so" => cfg.so = Some(PathBuf::from(value("--prcu-so"))),
+            "--pair" => cfg.only_pair = Some(value("--pair")),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -121,7 +125,9 @@ const USAGE: &str = "usage: rcu-bench [--quick] [--rounds N] [--idle-threads N] 
   --quick           seconds instead of a minute: fewer rounds, iterations, idle threads, sizes
   --rounds N        interleaved rounds per figure (default 5, quick 3)
   --idle-threads N  idle threads alive for the synchronize figure (default 10000, quick 1000)
-  --prcu-so PATH    the libprcu.so to dlopen (default: $PRCU_SO, else next to the binary)";
+  --prcu-so PATH    the libprcu.so to dlopen (default: $PRCU_SO, else next to the binary)
+  --pair NAME       only this read-pair variant (a prefix of its name), one thread, for a
+                    profiler: e.g. perf stat -e instructions rcu-bench --pair \"prcu Rust\"";
 
 fn usage(msg: &str) -> ! {
     eprintln!("rcu-bench: {msg}\n{USAGE}");
@@ -208,6 +214,12 @@ fn load_capi(given: Option<PathBuf>) -> PathBuf {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// The order of the variants in round `r`: rotated by one each round, so that no variant
+/// always runs first (after the previous variant's data evicted its own from the caches).
+fn rotation(r: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + r) % n)
 }
 
 fn cpu_ns() -> u64 {
@@ -591,12 +603,20 @@ fn main() {
 
     // Read-side pairs: rounds outermost, so each round runs every variant once.
     let jobs = pair_jobs();
+    if let Some(name) = &cfg.only_pair {
+        let j = jobs.iter().find(|j| j.name.starts_with(name.as_str())).unwrap_or_else(|| {
+            let names: Vec<_> = jobs.iter().map(|j| j.name).collect();
+            usage(&format!("no read-pair variant starts with {name:?} (variants: {})", names.join(", ")))
+        });
+        println!("{}: {:.2} ns per pair ({} pairs)", j.name, per_op(1, j, cfg.pair_iters), cfg.pair_iters);
+        return;
+    }
     let mut pair: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); cfg.threads.len()]; jobs.len()];
-    for _ in 0..cfg.rounds {
+    for r in 0..cfg.rounds {
         for (ti, &t) in cfg.threads.iter().enumerate() {
             let iters = if t > 8 { (cfg.pair_iters / 16).max(1000) } else { cfg.pair_iters };
-            for (ji, j) in jobs.iter().enumerate() {
-                pair[ji][ti].push(per_op(t, j, iters));
+            for ji in rotation(r, jobs.len()) {
+                pair[ji][ti].push(per_op(t, &jobs[ji], iters));
             }
         }
     }
@@ -618,18 +638,18 @@ fn main() {
     // Synchronize.
     let sv = sync_variants();
     let mut sync: Vec<[Vec<f64>; 3]> = sv.iter().map(|_| [Vec::new(), Vec::new(), Vec::new()]).collect();
-    for _ in 0..cfg.rounds {
-        for (i, v) in sv.iter().enumerate() {
-            sync[i][0].push(sync_latency(v, cfg.syncs, 0));
-            sync[i][1].push(sync_latency(v, cfg.syncs, 2));
+    for r in 0..cfg.rounds {
+        for i in rotation(r, sv.len()) {
+            sync[i][0].push(sync_latency(&sv[i], cfg.syncs, 0));
+            sync[i][1].push(sync_latency(&sv[i], cfg.syncs, 2));
         }
     }
     let t0 = Instant::now();
     let (release, idle) = spawn_idle(cfg.idle);
     let spawn_ms = t0.elapsed().as_secs_f64() * 1e3;
-    for _ in 0..cfg.rounds {
-        for (i, v) in sv.iter().enumerate() {
-            sync[i][2].push(sync_latency(v, cfg.syncs, 0));
+    for r in 0..cfg.rounds {
+        for i in rotation(r, sv.len()) {
+            sync[i][2].push(sync_latency(&sv[i], cfg.syncs, 0));
         }
     }
     release.wait();
@@ -668,10 +688,14 @@ fn main() {
     for &n in &cfg.sizes {
         let jobs = map_jobs(n, cfg.lookups);
         let mut m: Vec<[Vec<f64>; 2]> = jobs.iter().map(|_| [Vec::new(), Vec::new()]).collect();
-        for _ in 0..cfg.rounds {
+        // One untimed pass each, so that no variant pays for faulting in its map.
+        for j in &jobs {
+            per_op(1, j, cfg.lookups);
+        }
+        for r in 0..cfg.rounds {
             for (ti, &t) in map_threads.iter().enumerate() {
-                for (ji, j) in jobs.iter().enumerate() {
-                    m[ji][ti].push(per_op(t, j, cfg.lookups));
+                for ji in rotation(r, jobs.len()) {
+                    m[ji][ti].push(per_op(t, &jobs[ji], cfg.lookups));
                 }
             }
         }
