@@ -14,8 +14,11 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 /// (token, thread id) of every open checked section.
 pub(crate) static OPEN: Lock<Vec<(u64, i32)>> = Lock::new(Vec::new());
 
+/// Turns checking on or off. The rseq read path hands out unchecked tokens, so it is
+/// withdrawn after the store (or published again when checking goes off).
 pub(crate) fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::SeqCst);
+    crate::domain::publish_read_path();
 }
 
 #[inline(always)]

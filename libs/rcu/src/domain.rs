@@ -24,7 +24,9 @@
 //! (readers that loaded the period just before the previous flip); advance the period;
 //! rseq fence; wait until the old period is empty; fence.
 
-use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{
+    compiler_fence, fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
 use std::time::{Duration, Instant};
 
 use rseq::membarrier;
@@ -118,8 +120,39 @@ static INDEX: AtomicU8 = AtomicU8::new(0);
 static INDEX_FROZEN: AtomicBool = AtomicBool::new(false);
 /// 0 unknown, 1 readers use rseq + compiler barriers, 2 every reader uses the fallback.
 static FAST: AtomicU8 = AtomicU8::new(0);
-/// The period counter; its parity selects the counts new readers use.
-static PERIOD: AtomicU64 = AtomicU64::new(0);
+/// Everything the rseq read path reads, on one cache line: loaded together by every lock
+/// and unlock.
+#[repr(C, align(64))]
+struct ReadPath {
+    /// The period counter; its parity selects the counts new readers use. Written only by
+    /// the grace-period runner (and a forked child), so the line stays shared between
+    /// grace periods.
+    period: AtomicU64,
+    /// Base of the per-CPU slots while readers may take the rseq path: the reader mode is
+    /// decided as rseq + compiler barriers, checking mode is off, the slots are mapped and
+    /// the index is frozen and resolved. Null otherwise: every lock and unlock takes the
+    /// slow path, which checks all of that itself. Published by [`publish_read_path`].
+    base: AtomicPtr<u8>,
+    /// The number of slots (valid while `base` is set).
+    ncpus: AtomicU32,
+    /// Whether the slots are indexed by `mm_cid` (valid while `base` is set).
+    mm_cid: AtomicBool,
+    /// The unchecked token of each parity (`make_token(p)`, valid while `base` is set): the
+    /// rseq lock hands one out without computing its tag, and an unlock that gets one of
+    /// them knows it is genuine with one comparison.
+    tokens: [AtomicU64; 2],
+}
+
+static READ: ReadPath = ReadPath {
+    period: AtomicU64::new(0),
+    base: AtomicPtr::new(core::ptr::null_mut()),
+    ncpus: AtomicU32::new(0),
+    mm_cid: AtomicBool::new(false),
+    tokens: [AtomicU64::new(0), AtomicU64::new(0)],
+};
+
+/// The period counter.
+static PERIOD: &AtomicU64 = &READ.period;
 
 /// Grace periods begun and completed (a caller needs one that begins after it arrived).
 static GP_STARTED: AtomicU64 = AtomicU64::new(0);
@@ -300,29 +333,44 @@ fn fallback_word(base: *mut u8, n: usize, w: Word, p: usize) -> &'static AtomicU
 /// Enters a read-side critical section. Async-signal-safe, no allocation (outside checking
 /// mode), no thread-local state; sections nest by holding several tokens, and the token may
 /// be unlocked by another thread.
+///
+/// The rseq path reads one cache line of process-wide state ([`ReadPath`]) and the thread's
+/// area, runs one section that checks the period and the index bound inside it, and
+/// returns a precomputed token. Anything else (first use, checking mode, fallback mode, an
+/// unregistered area, an abort) goes to the slow path, which does the whole job.
 #[inline]
 pub fn read_lock() -> Token {
-    if fast() == 1 && !check::enabled() {
-        let (base, n) = slots();
+    let base = READ.base.load(Ordering::Acquire);
+    if !base.is_null() {
         if let Some(area) = ThreadArea::current() {
-            let index = current_index_fast();
             let seq = PERIOD.load(Ordering::Relaxed);
             let p = (seq & 1) as usize;
-            let words = rseq_words(base, n, index, Word::Lock, p);
+            let words = published_words(base, Word::Lock, p);
             // SAFETY: `words` lies in the live mapping and is written only by sections; the
             // period word is written by others only with atomic operations.
             let (o, _) = unsafe { area.try_add_if_equal(PERIOD.as_ptr(), seq, &words, 1) };
             if o == Outcome::Committed {
                 compiler_fence(Ordering::SeqCst);
-                return make_token(p as u32);
+                return Token(READ.tokens[p].load(Ordering::Relaxed));
             }
         }
     }
     read_lock_slow()
 }
 
+/// The rseq words `w[p]` of every slot, from the published read path (`base` non-null).
 #[inline(always)]
-fn current_index_fast() -> Index {
+fn published_words(base: *mut u8, w: Word, p: usize) -> PercpuArray<u64> {
+    let n = READ.ncpus.load(Ordering::Relaxed);
+    let index = if READ.mm_cid.load(Ordering::Relaxed) { Index::MmCid } else { Index::CpuId };
+    // SAFETY: published with `base` after the mapping of `n` slots of SLOT bytes, never
+    // unmapped while the library is loaded; each word is 8-byte aligned; `index` was
+    // resolved before it was published.
+    unsafe { PercpuArray::from_raw_resolved(PercpuPtr::new(base.add(word_offset(w, p)).cast(), SLOT), n, index) }
+}
+
+/// Freezes the index (the first read lock) and resolves it once.
+fn freeze_index() -> Index {
     if !INDEX_FROZEN.load(Ordering::Relaxed) {
         INDEX_FROZEN.store(true, Ordering::Release);
         let r = current_index();
@@ -331,13 +379,38 @@ fn current_index_fast() -> Index {
     current_index()
 }
 
+/// Publishes the rseq read path when every condition for it holds, and withdraws it when
+/// one does not. Racing callers compute the same values; a caller that turns checking mode
+/// on withdraws the path after its store (see [`crate::check::set_enabled`]), and a
+/// publisher re-reads the checking flag after publishing, so that "checking on" always
+/// ends with the path withdrawn.
+pub(crate) fn publish_read_path() {
+    if !INDEX_FROZEN.load(Ordering::Acquire) || check::enabled() || fast() != 1 {
+        READ.base.store(core::ptr::null_mut(), Ordering::SeqCst);
+        return;
+    }
+    let (base, n) = slots();
+    let index = current_index();
+    READ.ncpus.store(n as u32, Ordering::Relaxed);
+    READ.mm_cid.store(index == Index::MmCid, Ordering::Relaxed);
+    READ.tokens[0].store(make_token(0).0, Ordering::Relaxed);
+    READ.tokens[1].store(make_token(1).0, Ordering::Relaxed);
+    READ.base.store(base, Ordering::SeqCst);
+    if check::enabled() {
+        READ.base.store(core::ptr::null_mut(), Ordering::SeqCst);
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn read_lock_slow() -> Token {
     let (base, n) = slots();
-    let index = current_index_fast();
+    let index = freeze_index();
     let mut p = usize::MAX;
     if fast() == 1 {
+        if !check::enabled() && READ.base.load(Ordering::Relaxed).is_null() {
+            publish_read_path();
+        }
         loop {
             let seq = PERIOD.load(Ordering::Relaxed);
             let words = rseq_words(base, n, index, Word::Lock, (seq & 1) as usize);
@@ -372,8 +445,30 @@ fn read_lock_slow() -> Token {
 /// Leaves the read-side critical section `t` opened. An unlock may run on another CPU or
 /// thread than its lock. Refuses a value [`read_lock`] never issued, and (checking mode) a
 /// second unlock of the same token, without touching the counts.
+///
+/// The rseq path: an unchecked token is genuine exactly when it equals the published token
+/// of its parity (one comparison, no tag computation); then one section adds to the unlock
+/// count of this CPU. Everything else takes the slow path.
 #[inline]
 pub fn read_unlock(t: Token) -> Result<(), TokenError> {
+    let base = READ.base.load(Ordering::Acquire);
+    let p = t.period();
+    if !base.is_null() && t.0 == READ.tokens[p].load(Ordering::Relaxed) {
+        compiler_fence(Ordering::SeqCst);
+        if let Some(area) = ThreadArea::current() {
+            let words = published_words(base, Word::Unlock, p);
+            // SAFETY: as in `read_lock`.
+            if unsafe { area.try_add(&words, 1) }.0 == Outcome::Committed {
+                return Ok(());
+            }
+        }
+    }
+    read_unlock_slow(t)
+}
+
+#[cold]
+#[inline(never)]
+fn read_unlock_slow(t: Token) -> Result<(), TokenError> {
     if !token_is_genuine(t) {
         return Err(TokenError::Forged);
     }
@@ -385,25 +480,12 @@ pub fn read_unlock(t: Token) -> Result<(), TokenError> {
     if fast() == 1 {
         let (base, n) = slots();
         let words = rseq_words(base, n, current_index(), Word::Unlock, p);
-        if let Some(area) = ThreadArea::current() {
-            // SAFETY: as in `read_lock`.
-            if unsafe { area.try_add(&words, 1) }.0 == Outcome::Committed {
-                return Ok(());
-            }
+        // SAFETY: as in `read_lock`.
+        if rseq::ops::run_section(|area| unsafe { area.try_add(&words, 1) }).is_some() {
+            return Ok(());
         }
-        return read_unlock_slow(words, p);
     }
     read_unlock_fallback(p);
-    Ok(())
-}
-
-#[cold]
-#[inline(never)]
-fn read_unlock_slow(words: PercpuArray<u64>, p: usize) -> Result<(), TokenError> {
-    // SAFETY: as in `read_lock`.
-    if rseq::ops::run_section(|area| unsafe { area.try_add(&words, 1) }).is_none() {
-        read_unlock_fallback(p);
-    }
     Ok(())
 }
 

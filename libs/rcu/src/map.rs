@@ -4,7 +4,7 @@
 //! walk one bucket's chain with acquire loads. Writers (insert, replace, remove) serialise
 //! on the map's lock and never change a node a reader may hold: a replace links a new node
 //! in the old one's place, a remove unlinks; the old node is freed after a grace period
-//! (`call_rcu`). When the map holds twice as many keys as buckets, a writer builds a whole
+//! (`call_rcu`). When the map holds more keys than buckets, a writer builds a whole
 //! new table of twice the size with fresh nodes and publishes it with one store; the old
 //! table and all its nodes are freed after a grace period. A lookup therefore walks either
 //! the complete old table or the complete new one, so a key present throughout is never
@@ -84,11 +84,12 @@ unsafe fn free_table(t: *mut Table) {
 }
 
 impl Map {
-    /// A map with room for about `capacity` keys before its first resize.
+    /// A map with room for about `capacity` keys before its first resize: one bucket per
+    /// key (rounded up to a power of two), so that a lookup walks about one node.
     pub fn new(capacity: usize) -> Map {
         Map {
             magic: AtomicU64::new(MAGIC),
-            table: AtomicPtr::new(new_table(capacity / 2)),
+            table: AtomicPtr::new(new_table(capacity)),
             writer: Lock::new(()),
             len: AtomicUsize::new(0),
         }
@@ -116,7 +117,9 @@ impl Map {
         let t = self.table.load(Ordering::Acquire);
         // SAFETY: a published table lives until a grace period after it is replaced.
         let t = unsafe { &*t };
-        let mut n = t.buckets[hash(key) as usize & t.mask].load(Ordering::Acquire);
+        // SAFETY: `mask` is the bucket count minus one (a power of two), so the index is in
+        // range; the bounds check would cost a compare and a branch on every lookup.
+        let mut n = unsafe { t.buckets.get_unchecked(hash(key) as usize & t.mask) }.load(Ordering::Acquire);
         while !n.is_null() {
             // SAFETY: a node reachable from a published table lives until a grace period
             // after it is unlinked.
@@ -173,7 +176,7 @@ impl Map {
         let node = Box::into_raw(Box::new(Node { key, value, next: AtomicPtr::new(head.load(Ordering::Relaxed)) }));
         head.store(node, Ordering::Release);
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
-        if len > 2 * (t.mask + 1) {
+        if len > t.mask + 1 {
             self.grow();
         }
         Ok(())

@@ -100,6 +100,47 @@ fn double_unlock_is_refused_in_checking_mode() {
     assert!(ok && text.contains("double unlock refused"), "{text}");
 }
 
+#[test]
+#[ignore = "run by checking_mode_switched_at_run_time_takes_effect_at_once"]
+fn child_checking_toggle() {
+    // Unchecked tokens (bit 1 clear) from the rseq read path.
+    for _ in 0..1000 {
+        let t = prcu::read_lock();
+        assert_eq!(t.into_raw() & 2, 0);
+        assert_eq!(prcu::read_unlock(t), Ok(()));
+    }
+    // Checking on: the rseq read path is withdrawn, every token is recorded.
+    prcu::set_checking(true);
+    let held: Vec<_> = (0..100).map(|_| prcu::read_lock()).collect();
+    for t in &held {
+        assert_eq!(t.into_raw() & 2, 2, "a token taken after set_checking(true) is unchecked");
+    }
+    for t in &held {
+        assert_eq!(prcu::read_unlock(*t), Ok(()));
+        assert_eq!(prcu::read_unlock(*t), Err(prcu::TokenError::AlreadyUnlocked));
+    }
+    // Checking off again: unchecked tokens, and the counts still balance (synchronize ends).
+    prcu::set_checking(false);
+    for _ in 0..1000 {
+        let t = prcu::read_lock();
+        assert_eq!(t.into_raw() & 2, 0);
+        assert_eq!(prcu::read_unlock(t), Ok(()));
+    }
+    // A forged value next to a genuine one is refused on the rseq path too.
+    let t = prcu::read_lock();
+    assert_eq!(prcu::read_unlock(prcu::Token::from_raw(t.into_raw() ^ 1 << 40)), Err(prcu::TokenError::Forged));
+    assert_eq!(prcu::read_unlock(prcu::Token::from_raw(t.into_raw() ^ 1)), Err(prcu::TokenError::Forged));
+    assert_eq!(prcu::read_unlock(t), Ok(()));
+    prcu::synchronize();
+    eprintln!("checking toggled: fast path {}", prcu::fast_path());
+}
+
+#[test]
+fn checking_mode_switched_at_run_time_takes_effect_at_once() {
+    let (ok, text) = child("child_checking_toggle", &[], false);
+    assert!(ok && text.contains("checking toggled: fast path true"), "{text}");
+}
+
 static FORK_RAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 unsafe extern "C" fn mark(_: *mut libc::c_void) {
     FORK_RAN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
