@@ -258,8 +258,7 @@ fn handle(sh: &Shared, ep: RawFd, c: &mut Conn, events: u32) -> bool {
             return true;
         }
         // Drained: run what is buffered, then read again.
-        process(sh, c);
-        if !flush(sh, c) {
+        if !process_and_flush(sh, c) {
             return false;
         }
     } else {
@@ -279,8 +278,7 @@ fn handle(sh: &Shared, ep: RawFd, c: &mut Conn, events: u32) -> bool {
         // SAFETY: n bytes were initialised by read.
         unsafe { c.rbuf.set_len(c.rbuf.len() + n as usize) };
         sh.store.counters.add(C::bytes_read, n as i64);
-        process(sh, c);
-        if !flush(sh, c) {
+        if !process_and_flush(sh, c) {
             return false;
         }
     }
@@ -296,6 +294,20 @@ fn handle(sh: &Shared, ep: RawFd, c: &mut Conn, events: u32) -> bool {
         unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, c.fd, &mut ev) };
     }
     true
+}
+
+/// Runs the buffered commands and writes their replies, again while the output limit
+/// stopped processing and the socket took everything; false on a write error.
+fn process_and_flush(sh: &Shared, c: &mut Conn) -> bool {
+    loop {
+        let more = process(sh, c);
+        if !flush(sh, c) {
+            return false;
+        }
+        if !more || c.wpos < c.wbuf.len() {
+            return true;
+        }
+    }
 }
 
 /// Writes pending output; false on a write error (the client went away).
@@ -322,10 +334,16 @@ fn flush(sh: &Shared, c: &mut Conn) -> bool {
     true
 }
 
-/// Runs every complete command in the read buffer.
-fn process(sh: &Shared, c: &mut Conn) {
+/// Runs every complete command in the read buffer; true when it stopped at the output limit
+/// with input left.
+fn process(sh: &Shared, c: &mut Conn) -> bool {
     let now = store::now_unix();
-    while !c.closing && c.wbuf.len() < WBUF_HIGH {
+    let mut more = false;
+    while !c.closing {
+        if c.wbuf.len() >= WBUF_HIGH {
+            more = c.rpos < c.rbuf.len();
+            break;
+        }
         let avail = &c.rbuf[c.rpos..];
         if avail.is_empty() {
             break;
@@ -408,6 +426,7 @@ fn process(sh: &Shared, c: &mut Conn) {
         c.rbuf.drain(..c.rpos);
         c.rpos = 0;
     }
+    more
 }
 
 fn execute(sh: &Shared, cmd: Cmd<'_>, now: i64, out: &mut Vec<u8>, closing: &mut bool) {

@@ -361,10 +361,13 @@ impl Store {
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(data);
                 out.extend_from_slice(b"\r\n");
-            } else if self.flushed(it) {
-                flushed = true;
             } else {
-                expired = true;
+                let e = it.exptime.load(Ordering::Relaxed);
+                if e != 0 && e <= now {
+                    expired = true;
+                } else {
+                    flushed = self.flushed(it);
+                }
             }
         }
         self.index.read_unlock(tok);
