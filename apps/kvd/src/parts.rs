@@ -6,8 +6,8 @@ use std::cell::UnsafeCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stack {
@@ -537,93 +537,143 @@ impl Index {
 /// An eviction queue entry: the item's hash and cas unique (which names one item version).
 pub type Entry = (u64, u64);
 
-pub enum Shards {
+pub enum ShardLocks {
     /// libplocks per-CPU mutexes, one queue per possible CPU: a writer takes the lock of the
-    /// CPU it runs on (no membarrier); another CPU's lock only by trylock when its own queue
-    /// is empty.
-    Plock { l: &'static OursLibs, m: *mut c_void, queues: Box<[UnsafeCell<VecDeque<Entry>>]> },
-    /// std mutexes (futex), one queue per online CPU, picked with sched_getcpu.
-    Std(Box<[Mutex<VecDeque<Entry>>]>),
+    /// CPU it runs on (no membarrier); another CPU's lock only by trylock when that queue
+    /// holds the oldest entries (an index take: one membarrier).
+    Plock { l: &'static OursLibs, m: *mut c_void },
+    /// pthread mutexes, one queue per online CPU, picked with sched_getcpu.
+    Pthread(Box<[UnsafeCell<libc::pthread_mutex_t>]>),
 }
 
-// SAFETY: each queue is only touched while its lock is held.
+/// Per-CPU clock queues of (hash, cas) entries. `fronts[i]` mirrors the cas of queue i's
+/// first entry (u64::MAX when empty), so the evictor can pick the queue holding the oldest
+/// entry without taking every lock.
+pub struct Shards {
+    locks: ShardLocks,
+    queues: Box<[UnsafeCell<VecDeque<Entry>>]>,
+    fronts: Box<[AtomicU64]>,
+}
+
+// SAFETY: queue i is only touched while lock i is held.
 unsafe impl Send for Shards {}
 // SAFETY: as above.
 unsafe impl Sync for Shards {}
 
 impl Shards {
     pub fn new(stack: Stack) -> Result<Shards, String> {
-        match stack {
+        let (locks, n) = match stack {
             Stack::Ours => {
                 let l = ours_libs()?;
                 // SAFETY: plain constructor (aborts when out of memory).
                 let m = unsafe { (l.plock_mutex_create)() };
                 // SAFETY: m is live.
                 let n = unsafe { (l.plock_mutex_count)(m) }.max(1) as usize;
-                Ok(Shards::Plock { l, m, queues: (0..n).map(|_| UnsafeCell::new(VecDeque::new())).collect() })
+                (ShardLocks::Plock { l, m }, n)
             }
             _ => {
                 let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-                Ok(Shards::Std((0..n).map(|_| Mutex::new(VecDeque::new())).collect()))
+                let locks = (0..n).map(|_| UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER)).collect();
+                (ShardLocks::Pthread(locks), n)
             }
-        }
+        };
+        Ok(Shards {
+            locks,
+            queues: (0..n).map(|_| UnsafeCell::new(VecDeque::new())).collect(),
+            fronts: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        })
     }
 
-    fn count(&self) -> usize {
-        match self {
-            Shards::Plock { queues, .. } => queues.len(),
-            Shards::Std(q) => q.len(),
-        }
-    }
-
-    /// Runs f on the current CPU's queue.
-    pub fn with_current<R>(&self, f: impl FnOnce(&mut VecDeque<Entry>) -> R) -> R {
-        match self {
-            Shards::Plock { l, m, queues } => {
-                // SAFETY: m is live; the lock is released below on every path.
+    /// Takes the current CPU's lock; returns its index.
+    fn lock_current(&self) -> usize {
+        match &self.locks {
+            ShardLocks::Plock { l, m } => {
+                // SAFETY: m is live; the caller unlocks the index.
                 let idx = unsafe { (l.plock_mutex_lock)(*m) };
                 assert!(idx >= 0, "plock_mutex_lock failed: {idx}");
-                // SAFETY: queue idx is only touched while lock idx is held.
-                let r = f(unsafe { &mut *queues[idx as usize].get() });
-                // SAFETY: the lock taken above.
-                unsafe { (l.plock_mutex_unlock)(*m, idx) };
-                r
+                idx as usize
             }
-            Shards::Std(q) => {
-                // SAFETY: no preconditions.
-                let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize;
-                let mut g = q[cpu % q.len()].lock().unwrap_or_else(|e| e.into_inner());
-                f(&mut g)
+            ShardLocks::Pthread(q) => {
+                // SAFETY: sched_getcpu has no preconditions; the mutex is initialised, never
+                // moved or destroyed, and the caller unlocks it.
+                unsafe {
+                    let cpu = libc::sched_getcpu().max(0) as usize % q.len();
+                    libc::pthread_mutex_lock(q[cpu].get());
+                    cpu
+                }
             }
         }
     }
 
-    /// Pops an entry: from the current CPU's queue, else from any other queue whose lock is
-    /// free.
-    pub fn pop(&self) -> Option<Entry> {
-        if let Some(e) = self.with_current(|q| q.pop_front()) {
-            return Some(e);
+    fn try_lock(&self, i: usize) -> bool {
+        match &self.locks {
+            // SAFETY: m is live; i < count.
+            ShardLocks::Plock { l, m } => unsafe { (l.plock_mutex_trylock_index)(*m, i as c_int) == 0 },
+            // SAFETY: as in lock_current.
+            ShardLocks::Pthread(q) => unsafe { libc::pthread_mutex_trylock(q[i].get()) == 0 },
         }
-        for i in 0..self.count() {
-            let got = match self {
-                Shards::Plock { l, m, queues } => {
-                    // SAFETY: m is live; unlocked below when taken.
-                    if unsafe { (l.plock_mutex_trylock_index)(*m, i as c_int) } == 0 {
-                        // SAFETY: lock i is held.
-                        let e = unsafe { &mut *queues[i].get() }.pop_front();
-                        // SAFETY: the lock taken above.
-                        unsafe { (l.plock_mutex_unlock)(*m, i as c_int) };
-                        e
-                    } else {
-                        None
-                    }
-                }
-                Shards::Std(q) => q[i].try_lock().ok().and_then(|mut g| g.pop_front()),
-            };
-            if got.is_some() {
-                return got;
+    }
+
+    fn unlock(&self, i: usize) {
+        match &self.locks {
+            // SAFETY: lock i is held by this thread.
+            ShardLocks::Plock { l, m } => unsafe {
+                (l.plock_mutex_unlock)(*m, i as c_int);
+            },
+            // SAFETY: lock i is held by this thread.
+            ShardLocks::Pthread(q) => unsafe {
+                libc::pthread_mutex_unlock(q[i].get());
+            },
+        }
+    }
+
+    /// Runs f on queue i, whose lock the caller holds, and refreshes its front mirror.
+    fn with<R>(&self, i: usize, f: impl FnOnce(&mut VecDeque<Entry>) -> R) -> R {
+        // SAFETY: the caller holds lock i, the only way to reach queue i.
+        let q = unsafe { &mut *self.queues[i].get() };
+        let r = f(q);
+        self.fronts[i].store(q.front().map_or(u64::MAX, |e| e.1), Ordering::Relaxed);
+        r
+    }
+
+    /// Appends entries to the current CPU's queue.
+    pub fn push(&self, entries: &[Entry]) {
+        let i = self.lock_current();
+        self.with(i, |q| q.extend(entries.iter().copied()));
+        self.unlock(i);
+    }
+
+    /// Puts entries back at the front of queue i (in their order).
+    pub fn push_front(&self, i: usize, entries: &[Entry]) {
+        let idx = if self.try_lock(i) { i } else { self.lock_current() };
+        self.with(idx, |q| {
+            for e in entries.iter().rev() {
+                q.push_front(*e);
             }
-        }
-        None
+        });
+        self.unlock(idx);
+    }
+
+    /// Pops up to `max` entries from the queue whose first entry is the oldest (falling back
+    /// to the current CPU's queue when that lock is busy). Returns the queue's index.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<Entry>) -> usize {
+        let best = (0..self.fronts.len()).min_by_key(|&i| self.fronts[i].load(Ordering::Relaxed)).unwrap_or(0);
+        let cur = self.lock_current();
+        let idx = if cur == best {
+            cur
+        } else {
+            self.unlock(cur);
+            if self.try_lock(best) {
+                best
+            } else {
+                self.lock_current()
+            }
+        };
+        self.with(idx, |q| {
+            let n = max.min(q.len());
+            out.extend(q.drain(..n));
+        });
+        self.unlock(idx);
+        idx
     }
 }

@@ -288,47 +288,77 @@ impl Store {
     /// After a write published item (h, cas): queue it for the clock and evict while over
     /// the limit. Called with no lock held.
     fn after_write(&self, h: u64, cas: u64) {
-        self.shards.with_current(|q| q.push_back((h, cas)));
-        self.evict_to_limit();
+        self.shards.push(&[(h, cas)]);
+        if self.counters.get(C::bytes) as u64 > self.limit {
+            self.evict();
+        }
     }
 
-    fn evict_to_limit(&self) {
-        let mut budget = 256;
-        while self.counters.get(C::bytes) as u64 > self.limit && budget > 0 {
-            budget -= 1;
-            let Some((h, cas)) = self.shards.pop() else { return };
-            let now = now_unix();
-            let requeue = {
-                let _g = self.stripe(h);
-                self.index.write_begin();
-                let mut p = self.index.lookup(h) as *mut Item;
-                let mut prev = std::ptr::null_mut();
-                // SAFETY: chain members are live under the stripe lock.
-                while !p.is_null() && unsafe { (*p).cas } != cas {
-                    prev = p;
-                    p = unsafe { (*p).next.load(Ordering::Relaxed) };
+    /// Clock eviction down to just under the limit (1/256 below it, so that a full cache
+    /// evicts in batches rather than on every write): entries come in batches from the
+    /// queue holding the oldest entry; an entry whose item was replaced or removed since is
+    /// dropped, an item read since it was queued gets a second chance (back of the queue),
+    /// an expired or flushed item is reclaimed, any other is evicted.
+    fn evict(&self) {
+        let target = self.limit - self.limit / 256;
+        let mut batch = Vec::with_capacity(64);
+        let mut again = Vec::new();
+        for _ in 0..64 {
+            if self.counters.get(C::bytes) as u64 <= target {
+                break;
+            }
+            batch.clear();
+            let shard = self.shards.pop_batch(64, &mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            let mut used = 0;
+            for &(h, cas) in &batch {
+                if self.counters.get(C::bytes) as u64 <= target {
+                    break;
                 }
-                let r = if p.is_null() {
-                    false // stale entry: the item was replaced or removed since
-                } else {
-                    // SAFETY: p is a live chain member.
-                    let it = unsafe { &*p };
-                    if self.live(it, now) && it.accessed.swap(false, Ordering::Relaxed) {
-                        true // second chance
-                    } else {
-                        let c = if self.live(it, now) { C::evictions } else { C::reclaimed };
-                        self.unlink(h, &Found { prev, item: p });
-                        self.counters.add(c, 1);
-                        false
-                    }
-                };
-                self.index.write_end();
-                r
-            };
-            if requeue {
-                self.shards.with_current(|q| q.push_back((h, cas)));
+                used += 1;
+                if self.evict_one(h, cas) {
+                    again.push((h, cas));
+                }
+            }
+            if used < batch.len() {
+                self.shards.push_front(shard, &batch[used..]);
             }
         }
+        if !again.is_empty() {
+            self.shards.push(&again);
+        }
+    }
+
+    /// Evicts the item (h, cas) if it is still there; true when it gets a second chance.
+    fn evict_one(&self, h: u64, cas: u64) -> bool {
+        let now = now_unix();
+        let _g = self.stripe(h);
+        self.index.write_begin();
+        let mut p = self.index.lookup(h) as *mut Item;
+        let mut prev = std::ptr::null_mut();
+        // SAFETY: chain members are live under the stripe lock.
+        while !p.is_null() && unsafe { (*p).cas } != cas {
+            prev = p;
+            p = unsafe { (*p).next.load(Ordering::Relaxed) };
+        }
+        let requeue = if p.is_null() {
+            false // stale entry: the item was replaced or removed since
+        } else {
+            // SAFETY: p is a live chain member.
+            let it = unsafe { &*p };
+            if self.live(it, now) && it.accessed.swap(false, Ordering::Relaxed) {
+                true
+            } else {
+                let c = if self.live(it, now) { C::evictions } else { C::reclaimed };
+                self.unlink(h, &Found { prev, item: p });
+                self.counters.add(c, 1);
+                false
+            }
+        };
+        self.index.write_end();
+        requeue
     }
 
     /// get/gets/gat/gats of one key: appends a VALUE block to `out` when found.

@@ -357,6 +357,9 @@ fn eviction(stack: &str) {
     }
     c.send(&req);
     c.check("get ev4999\r\n", &format!("VALUE ev4999 0 1000\r\n{}\r\nEND\r\n", "e".repeat(1000)));
+    // The oldest items went first.
+    let oldest: Vec<String> = (0..100).map(|i| format!("ev{i}")).collect();
+    c.check(&format!("get {}\r\n", oldest.join(" ")), "END\r\n");
     let st = srv.stats();
     let bytes: i64 = st["bytes"].parse().unwrap();
     let items: i64 = st["curr_items"].parse().unwrap();
