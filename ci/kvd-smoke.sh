@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 trap 'bash ci/restore-cpus.sh' EXIT
 cargo build --release -p kvd -p kvd-check
 bin=target/release/kvd-check
-timeout 60 "$bin" verify --server ours --rseq libc,tunable,denied --disturb --clients 4 --keys 300 --ops 4000
+timeout 60 "$bin" verify --server ours --rseq libc,tunable,denied --disturb --clients 4 --keys 300 --ops 8000
 if command -v memcached >/dev/null; then
-  timeout 30 "$bin" verify --server memcached --rseq libc --disturb --clients 4 --keys 300 --ops 4000
+  timeout 30 "$bin" verify --server memcached --rseq libc --disturb --clients 4 --keys 300 --ops 8000
 fi
 timeout 60 "$bin" bench --quick --out target/kvd-bench-quick

@@ -248,8 +248,11 @@ fn disturb(pid: u32, seed: u64, stop: &AtomicBool) -> Log {
         }
     }
     let mut affinity_err = false;
+    // The kinds of step take turns (from a seeded start), so that even a short run sees each.
+    let mut turn = rng.below(3);
     while !stop.load(Ordering::Relaxed) {
-        match rng.below(3) {
+        turn += 1;
+        match turn % 3 {
             0 if hotplug => {
                 let p = RESTORE.load(Ordering::Acquire);
                 // SAFETY: published above, never freed.
@@ -302,7 +305,7 @@ fn disturb(pid: u32, seed: u64, stop: &AtomicBool) -> Log {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(20 + rng.below(60)));
+        std::thread::sleep(Duration::from_millis(10 + rng.below(40)));
     }
     // Leave the server's threads free to run anywhere again.
     let on = online_cpus();
