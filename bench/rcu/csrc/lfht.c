@@ -67,3 +67,6 @@ uint64_t lfht_lookups(struct cds_lfht *ht, uint64_t n, uint64_t iters)
 	}
 	return sum;
 }
+
+/* This build has the liburcu peers (csrc/no_urcu.c is the build without them). */
+int rcu_bench_have_urcu(void) { return 1; }

@@ -52,6 +52,8 @@ mod peers {
         pub fn capi_map_lookups(lookup: LookupFn, map: *const c_void, n: u64, iters: u64) -> u64;
         pub fn lfht_build(n: u64) -> *mut c_void;
         pub fn lfht_lookups(ht: *mut c_void, n: u64, iters: u64) -> u64;
+        /// 1 when the liburcu peers were compiled in, 0 when build.rs found no liburcu headers.
+        pub fn rcu_bench_have_urcu() -> i32;
     }
 }
 
@@ -590,6 +592,13 @@ fn verdict_le(ours: f64, limit: f64) -> String {
 fn main() {
     let cfg = parse_args();
     let so = load_capi(cfg.so.clone());
+    // SAFETY: a constant function of the C peers.
+    if unsafe { peers::rcu_bench_have_urcu() } == 0 {
+        eprintln!(
+            "rcu-bench: built without liburcu (its headers were missing): install liburcu-dev (Debian) and rebuild"
+        );
+        std::process::exit(2);
+    }
     // Decide both copies' reader modes before measuring.
     drop(prcu::Guard::new());
     println!(

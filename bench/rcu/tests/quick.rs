@@ -13,6 +13,11 @@ fn run(args: &[&str]) -> (bool, String) {
 #[test]
 fn quick_mode_reports_every_variant_and_target() {
     let (ok, text) = run(&["--quick", "--rounds", "1", "--idle-threads", "200"]);
+    if !ok && text.contains("built without liburcu") {
+        // A machine without liburcu-dev (ci/install-deps.sh installs it): nothing to compare.
+        eprintln!("skipped: {}", text.trim());
+        return;
+    }
     assert!(ok, "{text}");
     for row in [
         "| prcu C API (libprcu.so) |",
