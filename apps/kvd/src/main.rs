@@ -22,7 +22,9 @@ const USAGE: &str = "usage: kvd [-p PORT] [-l ADDR] [-t THREADS] [-m MEGABYTES] 
                    pthread rwlock + HashMap, atomics), strong (jemalloc, liburcu rculfhash,
                    atomics); default ours
   --metrics-port P Prometheus text format over HTTP (GET /metrics)
-  --hash-mask HEX  AND the 64-bit key hash with this mask (testing: forces collisions)";
+  --hash-mask HEX  AND the 64-bit key hash with this mask (testing: forces collisions)
+  --check-stack    set up the stack's parts (allocator, map, libraries), say whether they
+                   work here and exit (0: they do; 1: a message names what is missing)";
 
 /// The environment marker of a process the server has already re-executed with its
 /// allocator preloaded.
@@ -123,7 +125,9 @@ fn preload_for(stack: Stack) -> Option<PathBuf> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let cfg = parse_args(&args[1..]);
+    let check_only = args[1..].iter().any(|a| a == "--check-stack");
+    let rest: Vec<String> = args[1..].iter().filter(|a| *a != "--check-stack").cloned().collect();
+    let cfg = parse_args(&rest);
     if std::env::var_os(MARKER).is_none() {
         if let Some(lib) = preload_for(cfg.stack) {
             if !lib.exists() {
@@ -143,6 +147,14 @@ fn main() {
             eprintln!("kvd: re-exec with LD_PRELOAD={}: {err}", lib.display());
             std::process::exit(1);
         }
+    }
+    if check_only {
+        if let Err(e) = parts::Index::new(cfg.stack) {
+            eprintln!("kvd: {e}");
+            std::process::exit(1);
+        }
+        eprintln!("kvd: the {} stack runs here", cfg.stack.name());
+        std::process::exit(0);
     }
     if let Err(e) = server::run(cfg) {
         eprintln!("kvd: {e}");
