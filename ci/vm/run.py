@@ -446,6 +446,7 @@ class Payload:
         self.libs = []  # project cdylibs
         self.plugins = []
         self.tests = []  # (name, path)
+        self.extras = []  # (name, path): more programs under /payload/bin (--slice)
 
 
 def cargo_json(args, env=None):
@@ -455,7 +456,7 @@ def cargo_json(args, env=None):
     return [json.loads(line) for line in p.stdout.decode().splitlines() if line.startswith("{")]
 
 
-def build_payload(profile, work: Path, arch: Arch = None) -> Payload:
+def build_payload(profile, work: Path, arch: Arch = None, slice_hold=False) -> Payload:
     arch = arch or ARCHES["x86_64"]
     meta = json.loads(subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"],
                                      cwd=ROOT, capture_output=True, check=True).stdout)
@@ -493,6 +494,13 @@ def build_payload(profile, work: Path, arch: Arch = None) -> Payload:
             pl.tests.append((m["target"]["name"], Path(m["executable"])))
     if not pl.harness or not pl.tests:
         raise Fatal("build: the harness or the rseq test binaries were not produced")
+    if slice_hold:
+        log(f"build: cargo build {' '.join(prof)} -p locks --example slice_hold")
+        for m in cargo_json(["build", *prof, "-p", "locks", "--example", "slice_hold"], env):
+            if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "slice_hold":
+                pl.extras.append(("slice_hold", Path(m["executable"])))
+        if not pl.extras:
+            raise Fatal("build: the slice_hold example was not produced")
     plugdir = ROOT / "harness" / "plugins"
     if (plugdir / "Makefile").is_file():
         if not shutil.which(arch.cc) or not shutil.which("make"):
@@ -662,6 +670,9 @@ def build_initramfs(pl: Payload, work: Path, arch: Arch = None, busybox=None) ->
             elfs.append(p)
         for name, t in pl.tests:
             c.file(f"payload/tests/{name}", stripped(t, stage, objcopy), 0o755)
+            elfs.append(t)
+        for name, t in pl.extras:
+            c.file(f"payload/bin/{name}", stripped(t, stage, objcopy), 0o755)
             elfs.append(t)
         pairs = sorted({pair for e in elfs for pair in elf_deps(e, arch)}, key=lambda p: p[1])
         deps = [g for _, g in pairs]
@@ -1043,7 +1054,7 @@ def main_plan(pl: Payload, o):
     """Boot 1 of every kernel: rseq tests, a harness run, a harness run with hot-add. With
     --singlestep auto the tests that need no restart (NO_SINGLESTEP_TESTS) run first without
     single-stepping, as on aarch64 (single-stepped, lazy_state's fresh processes took minutes)."""
-    lines = rseq_test_steps(pl, o)
+    lines = slice_steps(pl, o) + rseq_test_steps(pl, o)
     d = o.duration
     # Single-stepping, a harness run lasts up to 5 times its scenario (its events run late).
     slow = 8 if o.singlestep != "off" else 3
@@ -1088,6 +1099,18 @@ ARM_RUNS = (("harness.cpu_id", "libc", "cpu_id"), ("harness.mm_cid", "reserved",
 NO_SINGLESTEP_TESTS = ("rseq", "lazy_state", "pool_oom", "topology", "same_cpu_preemption")
 
 
+def slice_steps(pl: Payload, o):
+    """With --slice: the libs/locks slice_hold measurement (lock holders preempted and hold-time
+    tails, with and without the rseq time-slice extension, interleaved rounds), first in the
+    boot, before any single-stepping. About 2 * rounds * secs seconds plus start-up."""
+    if not getattr(o, "slice", False) or not pl.extras:
+        return []
+    limit = int(2 * o.slice_rounds * o.slice_secs * 3 + 60)
+    return [shlex.join(["run_step", "locks.slice_hold", str(limit), "/payload/bin/slice_hold",
+                        "--threads", "3", "--cpus", "1", "--hold-us", "20", "--rounds", str(o.slice_rounds),
+                        "--secs", str(o.slice_secs)])]
+
+
 def rseq_test_steps(pl: Payload, o):
     """The libs/rseq test binaries of a boot: with --singlestep auto, NO_SINGLESTEP_TESTS
     first without single-stepping, then single-stepping on and the others; with on/off,
@@ -1112,7 +1135,7 @@ def arm_plan(pl: Payload, o):
     the rseq tests and three harness runs. With --singlestep auto, the tests that need
     restarts and the harness runs are single-stepped, the others (NO_SINGLESTEP_TESTS) run
     first without it; with on/off, everything is or is not."""
-    lines = rseq_test_steps(pl, o)
+    lines = slice_steps(pl, o) + rseq_test_steps(pl, o)
     d = o.duration
     slow = 8 if o.singlestep != "off" else 3
     for name, mode, index in ARM_RUNS:
@@ -1469,6 +1492,10 @@ def main():
                     "for 32 vCPUs); auto = single up to 8 vCPUs, multi for the 16/32-vCPU boots "
                     "[%(default)s]")
     ap.add_argument("--no-hotadd", action="store_true", help="no vCPU hot-add")
+    ap.add_argument("--slice", action="store_true", help="also run the libs/locks slice_hold measurement (time-slice "
+                    "extension on/off, interleaved rounds) first in each main boot")
+    ap.add_argument("--slice-rounds", type=int, default=3, help="slice_hold rounds per mode [%(default)s]")
+    ap.add_argument("--slice-secs", type=float, default=2, help="seconds of each slice_hold round [%(default)s]")
     ap.add_argument("--many-duration", type=float, default=10, help="seconds of each 16/32-vCPU harness run "
                     "[%(default)s]")
     ap.add_argument("--many-tests", action="store_true", help="also run the rseq tests in the 16/32-vCPU boots")
@@ -1533,7 +1560,7 @@ def run_arch(o, arch, series, many, cache, work, deadline, timings, several):
     timings[tk + "kernels_s"] = round(time.time() - t, 1)
 
     t = time.time()
-    pl = build_payload(o.profile, work, arch)
+    pl = build_payload(o.profile, work, arch, slice_hold=o.slice)
     timings[tk + "build_s"] = round(time.time() - t, 1)
     t = time.time()
     base = build_initramfs(pl, work, arch, busybox)

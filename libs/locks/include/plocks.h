@@ -39,6 +39,14 @@ typedef struct plock_rwlock_t plock_rwlock_t;
 
 /* A new array with every lock free. Aborts with a message when out of memory. */
 plock_mutex_t *plock_mutex_create(void);
+/* Flags for the *_create_flags functions. PLOCK_SLICE_EXTENSION: a holder (for the rwlock:
+ * the writer) asks the kernel's scheduler time-slice extension (Linux 7.x, rseq slice_ctrl)
+ * not to preempt it while it holds the lock, and yields at unlock when the kernel granted
+ * it. Where the kernel lacks it (plock_slice_supported() == 0) the flag changes nothing.
+ * Nested holds leave an outer hold's request alone. */
+#define PLOCK_SLICE_EXTENSION 1u
+/* Like plock_mutex_create with flags; NULL for unknown flag bits. */
+plock_mutex_t *plock_mutex_create_flags(uint32_t flags);
 /* Frees m. PLOCK_EBUSY (nothing freed) while any of its locks is held. No other thread
  * may use m during or after the call. */
 int plock_mutex_destroy(plock_mutex_t *m);
@@ -60,6 +68,9 @@ int plock_mutex_unlock(const plock_mutex_t *m, int index);
 
 /* A new free lock. Aborts with a message when out of memory. */
 plock_rwlock_t *plock_rwlock_create(void);
+/* Like plock_rwlock_create with flags (PLOCK_SLICE_EXTENSION: the writer requests the
+ * time-slice extension); NULL for unknown flag bits. */
+plock_rwlock_t *plock_rwlock_create_flags(uint32_t flags);
 /* Frees l. PLOCK_EBUSY (nothing freed) while a writer holds it or a reader is inside. */
 int plock_rwlock_destroy(plock_rwlock_t *l);
 /* Shared lock: touches only the current CPU's words. Waits while a writer holds it. */
@@ -100,6 +111,19 @@ struct plock_rseq_statistics {
     uint64_t registration_failures;
 };
 int plock_rseq_stats(struct plock_rseq_statistics *out);
+
+/* ---- Time-slice extension ----------------------------------------------------------- */
+
+/* 1 when the kernel offers the time-slice extension to this process's threads, else 0. */
+int plock_slice_supported(void);
+struct plock_slice_statistics {
+    uint64_t requests; /* holds that set the request */
+    uint64_t nested;   /* holds inside an active request, which left it alone */
+    uint64_t grants;   /* releases that found an extension granted (rseq_slice_yield called) */
+    uint64_t yielded;  /* of those, yields that gave the CPU up within the grant */
+};
+/* Counters of this library since it was loaded. PLOCK_EINVAL for NULL. */
+int plock_slice_stats(struct plock_slice_statistics *out);
 
 #ifdef __cplusplus
 }

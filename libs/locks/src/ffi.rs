@@ -61,6 +61,20 @@ pub extern "C" fn plock_mutex_create() -> *mut plock_mutex_t {
     Box::into_raw(b)
 }
 
+/// `PLOCK_SLICE_EXTENSION`: holders request the scheduler time-slice extension.
+pub const PLOCK_SLICE_EXTENSION: u32 = 1;
+
+/// Creates a per-CPU mutex array with `flags` (`PLOCK_SLICE_EXTENSION` or 0); NULL for
+/// unknown flag bits (aborts with a message when out of memory).
+#[no_mangle]
+pub extern "C" fn plock_mutex_create_flags(flags: u32) -> *mut plock_mutex_t {
+    if flags & !PLOCK_SLICE_EXTENSION != 0 {
+        return core::ptr::null_mut();
+    }
+    let inner = PercpuMutex::with_slice_extension(flags & PLOCK_SLICE_EXTENSION != 0);
+    Box::into_raw(Box::new(plock_mutex_t { magic: MUTEX_MAGIC.into(), inner }))
+}
+
 /// Destroys `m`: `PLOCK_EBUSY` (and nothing freed) while any of its locks is held.
 ///
 /// # Safety
@@ -146,6 +160,17 @@ pub unsafe extern "C" fn plock_mutex_unlock(m: *const plock_mutex_t, index: c_in
 #[no_mangle]
 pub extern "C" fn plock_rwlock_create() -> *mut plock_rwlock_t {
     Box::into_raw(Box::new(plock_rwlock_t { magic: RWLOCK_MAGIC.into(), inner: BrLock::new() }))
+}
+
+/// Creates a big-reader lock with `flags` (`PLOCK_SLICE_EXTENSION`: the writer requests the
+/// time-slice extension, or 0); NULL for unknown flag bits.
+#[no_mangle]
+pub extern "C" fn plock_rwlock_create_flags(flags: u32) -> *mut plock_rwlock_t {
+    if flags & !PLOCK_SLICE_EXTENSION != 0 {
+        return core::ptr::null_mut();
+    }
+    let inner = BrLock::with_slice_extension(flags & PLOCK_SLICE_EXTENSION != 0);
+    Box::into_raw(Box::new(plock_rwlock_t { magic: RWLOCK_MAGIC.into(), inner }))
 }
 
 /// Destroys `l`: `PLOCK_EBUSY` (nothing freed) while a writer holds it or a reader is inside.
@@ -302,6 +327,48 @@ pub unsafe extern "C" fn plock_rseq_stats(out: *mut plock_rseq_statistics) -> c_
             registered_by_us: s.registered_by_us,
             registered_by_peer: s.registered_by_peer,
             registration_failures: s.registration_failures,
+        })
+    };
+    0
+}
+
+/// 1 when the kernel offers the time-slice extension to this process's threads, else 0.
+#[no_mangle]
+pub extern "C" fn plock_slice_supported() -> c_int {
+    crate::slice_supported() as c_int
+}
+
+/// Mirrors `struct plock_slice_statistics`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+pub struct plock_slice_statistics {
+    /// Holds that set the time-slice request.
+    pub requests: u64,
+    /// Holds nested in an active request, which left it alone.
+    pub nested: u64,
+    /// Releases that found an extension granted and called `rseq_slice_yield`.
+    pub grants: u64,
+    /// Of those, yields that gave the CPU up within the grant.
+    pub yielded: u64,
+}
+
+/// This copy's time-slice counters (process-wide). `PLOCK_EINVAL` for NULL.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plock_slice_stats(out: *mut plock_slice_statistics) -> c_int {
+    if out.is_null() {
+        return Error::InvalidArgument.code();
+    }
+    let s = crate::slice_stats();
+    // SAFETY: checked non-null; writable per the caller's contract.
+    unsafe {
+        out.write(plock_slice_statistics {
+            requests: s.requests,
+            nested: s.nested,
+            grants: s.grants,
+            yielded: s.yielded,
         })
     };
     0

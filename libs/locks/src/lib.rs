@@ -39,11 +39,13 @@ pub mod ffi;
 mod futex;
 mod mutex;
 mod rwlock;
+pub mod slice;
 
 pub use error::Error;
 pub use mutex::PercpuMutex;
 pub use rseq::Mode;
 pub use rwlock::BrLock;
+pub use slice::{slice_stats, slice_supported, SliceStats};
 
 rseq::init_at_load!();
 

@@ -19,7 +19,7 @@
 //! Without the rseq membarrier (kernels before 5.10) no section is ever used on a lock and
 //! every path is the compare-and-swap.
 
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use rseq::{Index, Outcome, PercpuArray, PercpuPtr, ThreadArea};
 
@@ -40,6 +40,9 @@ struct Slot {
     waiters: AtomicU32,
     /// Bumped by a release that has waiters to wake (the futex word).
     seq: AtomicU32,
+    /// Written and read by the holder only: what its time-slice request did
+    /// (`crate::slice::NONE` or `REQUESTED`).
+    slice: AtomicU8,
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == SLOT);
@@ -61,6 +64,7 @@ pub struct PercpuMutex {
     slots: Box<[Slot]>,
     words: PercpuArray<u64>,
     use_rseq: bool,
+    slice_ext: bool,
 }
 
 // SAFETY: the slots are atomics (the rseq words are written by critical sections and read
@@ -74,12 +78,39 @@ impl PercpuMutex {
     pub fn new() -> PercpuMutex {
         let n = rseq::topology::nr_possible_cpus().max(1);
         let slots: Box<[Slot]> = (0..n)
-            .map(|_| Slot { word: AtomicU64::new(0), waiters: AtomicU32::new(0), seq: AtomicU32::new(0) })
+            .map(|_| Slot {
+                word: AtomicU64::new(0),
+                waiters: AtomicU32::new(0),
+                seq: AtomicU32::new(0),
+                slice: AtomicU8::new(0),
+            })
             .collect();
         // SAFETY: slot i's word is at base + i * SLOT, valid and aligned while `slots` lives,
         // which is as long as `words` is used (both owned by self).
         let words = unsafe { PercpuArray::from_raw(PercpuPtr::new(slots.as_ptr() as *mut u64, SLOT), n, Index::CpuId) };
-        PercpuMutex { slots, words, use_rseq: rseq_usable() }
+        PercpuMutex { slots, words, use_rseq: rseq_usable(), slice_ext: false }
+    }
+
+    /// Like [`PercpuMutex::new`], with holders requesting the scheduler time-slice extension
+    /// while they hold a lock (`on`; see [`crate::slice`]). Where the kernel lacks it, the
+    /// same as `new`.
+    pub fn with_slice_extension(on: bool) -> PercpuMutex {
+        let mut m = PercpuMutex::new();
+        m.slice_ext = on;
+        m
+    }
+
+    /// Whether holders request the time-slice extension.
+    pub fn slice_extension(&self) -> bool {
+        self.slice_ext
+    }
+
+    /// The new holder of lock `i` records its time-slice request.
+    #[inline(always)]
+    fn held(&self, i: usize) {
+        if self.slice_ext {
+            self.slots[i].slice.store(crate::slice::begin(), Ordering::Relaxed);
+        }
     }
 
     /// Number of locks (indexes `0..count()`): the number of possible CPUs.
@@ -100,7 +131,10 @@ impl PercpuMutex {
         let tag = my_tag();
         loop {
             let busy = match self.take_current(tag) {
-                Ok(i) => return Ok(i),
+                Ok(i) => {
+                    self.held(i);
+                    return Ok(i);
+                }
                 Err(i) => i,
             };
             if self.slots[busy].word.load(Ordering::Relaxed) == tag {
@@ -179,7 +213,9 @@ impl PercpuMutex {
         if slot.word.load(Ordering::Relaxed) == tag {
             return Err(Error::Deadlock);
         }
-        self.try_take_index(index, tag)
+        self.try_take_index(index, tag)?;
+        self.held(index);
+        Ok(())
     }
 
     /// CAS 0 → tag, then (with sections in use) fence the CPU and check the word is still ours.
@@ -230,8 +266,16 @@ impl PercpuMutex {
     /// Releases lock `index`, from any CPU. `NotOwner` when the caller does not hold it.
     pub fn unlock(&self, index: usize) -> Result<(), Error> {
         let slot = self.slots.get(index).ok_or(Error::InvalidArgument)?;
-        slot.word.compare_exchange(my_tag(), 0, Ordering::Release, Ordering::Relaxed).map_err(|_| Error::NotOwner)?;
+        let tag = my_tag();
+        if slot.word.load(Ordering::Relaxed) != tag {
+            return Err(Error::NotOwner);
+        }
+        // Held by the caller (only the holder changes a word holding its tag): the slice
+        // record is the caller's, and the next holder writes its own after taking the lock.
+        let slice = slot.slice.swap(crate::slice::NONE, Ordering::Relaxed);
+        slot.word.compare_exchange(tag, 0, Ordering::Release, Ordering::Relaxed).map_err(|_| Error::NotOwner)?;
         self.wake(slot);
+        crate::slice::end(slice);
         Ok(())
     }
 

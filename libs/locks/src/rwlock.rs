@@ -49,6 +49,10 @@ pub struct BrLock {
     /// Bumped by a reader that leaves while a writer is set (the draining writer's futex).
     drain_seq: AtomicU32,
     use_rseq: bool,
+    /// Writers request the time-slice extension while they hold the lock.
+    slice_ext: bool,
+    /// Written and read by the writer only: what its time-slice request did.
+    writer_slice: core::sync::atomic::AtomicU8,
 }
 
 // SAFETY: the reader words are written only by critical sections and atomic adds and read
@@ -91,7 +95,18 @@ impl BrLock {
             writer_seq: AtomicU32::new(0),
             drain_seq: AtomicU32::new(0),
             use_rseq: rseq_usable(),
+            slice_ext: false,
+            writer_slice: core::sync::atomic::AtomicU8::new(0),
         }
+    }
+
+    /// Like [`BrLock::new`], with the writer requesting the scheduler time-slice extension
+    /// while it holds the lock (`on`; see [`crate::slice`]). Readers never request it: a read
+    /// hold is per CPU and does not stop other readers.
+    pub fn with_slice_extension(on: bool) -> BrLock {
+        let mut l = BrLock::new();
+        l.slice_ext = on;
+        l
     }
 
     /// Whether readers use critical sections.
@@ -258,6 +273,9 @@ impl BrLock {
             let s = self.drain_seq.load(Ordering::SeqCst);
             if self.readers_inside() == 0 {
                 fence(Ordering::Acquire);
+                if self.slice_ext {
+                    self.writer_slice.store(crate::slice::begin(), Ordering::Relaxed);
+                }
                 return Ok(());
             }
             spins += 1;
@@ -283,7 +301,9 @@ impl BrLock {
         if self.writer.load(Ordering::Relaxed) != my_tag() {
             return Err(Error::NotOwner);
         }
+        let slice = self.writer_slice.swap(crate::slice::NONE, Ordering::Relaxed);
         self.release_writer();
+        crate::slice::end(slice);
         Ok(())
     }
 

@@ -15,6 +15,7 @@
 //! - [`topology`], [`pool`]: possible/online/allowed CPUs and the per-CPU strided pool.
 //! - [`membarrier`]: expedited barriers, including the one that restarts sections.
 //! - [`stats`]: aborts, fallback operations, registrations.
+//! - [`slice`]: the scheduler time-slice extension of Linux 7.x (request while holding a lock).
 //! - [`exit_mark`]: lets a library's destructor tell `dlclose` from process exit.
 
 mod arch;
@@ -27,6 +28,7 @@ pub mod membarrier;
 pub mod ops;
 pub mod percpu;
 pub mod pool;
+pub mod slice;
 pub mod stats;
 mod sys;
 pub mod testing;
@@ -50,6 +52,7 @@ pub fn init() {
     area::init();
     let _ = topology::nr_possible_cpus();
     let _ = membarrier::supported_commands();
+    let _ = slice::supported();
 }
 
 /// Runs [`init`] when the library that expands it is loaded (an ELF `.init_array` entry).
