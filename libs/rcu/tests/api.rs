@@ -155,7 +155,9 @@ static FLOOD_RUN: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" fn repost(arg: *mut libc::c_void) {
     FLOOD_RUN.fetch_add(1, Ordering::Relaxed);
-    if FLOOD_LEFT.fetch_sub(1, Ordering::Relaxed) > 1 {
+    // Reposts while tokens are left; a token is taken only when one is there, so the
+    // chains end exactly (a wrapping decrement would let them repost forever).
+    if FLOOD_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1)).is_ok() {
         // SAFETY: repost only touches atomics.
         unsafe { prcu::call_rcu(repost, arg) };
     }
@@ -174,20 +176,57 @@ fn callback_flood_completes_with_bounded_memory() {
     // 300,000 callbacks: 1,000 self-reposting chains.
     const CHAINS: u64 = 1000;
     const TOTAL: u64 = 300_000;
-    FLOOD_LEFT.store(TOTAL, Ordering::SeqCst);
+    FLOOD_LEFT.store(TOTAL - CHAINS, Ordering::SeqCst);
     FLOOD_RUN.store(0, Ordering::SeqCst);
     for _ in 0..CHAINS {
         // SAFETY: as above.
         unsafe { prcu::call_rcu(repost, std::ptr::null_mut()) };
     }
-    while FLOOD_LEFT.load(Ordering::SeqCst) as i64 > 0 && FLOOD_RUN.load(Ordering::SeqCst) < TOTAL {
+    while FLOOD_RUN.load(Ordering::SeqCst) < TOTAL {
         prcu::barrier();
     }
     prcu::barrier();
     let gps = prcu::grace_periods() - gp0;
     let grown = rss_kib().saturating_sub(rss0);
     eprintln!("flood: {} callbacks, {gps} grace periods, RSS +{grown} KiB", FLOOD_RUN.load(Ordering::SeqCst));
-    assert!(FLOOD_RUN.load(Ordering::SeqCst) >= TOTAL);
+    assert_eq!(FLOOD_RUN.load(Ordering::SeqCst), TOTAL, "every chain stops when the tokens are gone");
     assert!(gps >= 3, "only {gps} grace periods during the flood");
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+}
+
+static TRICKLE_RUN: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" fn count_trickle(_: *mut libc::c_void) {
+    TRICKLE_RUN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Callbacks queued one at a time, 200 µs apart (a server retiring one item per request):
+/// the worker gathers them into batches instead of running a grace period (several
+/// membarriers) for each one. It waits up to `prcu`'s gather interval (2 ms) before taking
+/// a batch, so 100 calls over 20+ ms need about a dozen batches; a worker that starts a
+/// grace period as soon as it is woken runs about one per call.
+#[test]
+fn callbacks_queued_one_by_one_share_grace_periods() {
+    let _s = serial();
+    // The worker is running (its start alone can take longer than the whole trickle).
+    // SAFETY: count_trickle only touches an atomic.
+    unsafe { prcu::call_rcu(count_trickle, std::ptr::null_mut()) };
+    prcu::barrier();
+    TRICKLE_RUN.store(0, Ordering::SeqCst);
+    let before = prcu::stats();
+    const CALLS: u64 = 100;
+    for _ in 0..CALLS {
+        // SAFETY: count_trickle only touches an atomic.
+        unsafe { prcu::call_rcu(count_trickle, std::ptr::null_mut()) };
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    prcu::barrier();
+    let after = prcu::stats();
+    let batches = after.callback_batches - before.callback_batches;
+    let gps = after.grace_periods - before.grace_periods;
+    eprintln!("trickle: {CALLS} callbacks in {batches} batches, {gps} grace periods");
+    assert_eq!(TRICKLE_RUN.load(Ordering::SeqCst), CALLS);
+    assert_eq!(after.callbacks_run - before.callbacks_run, CALLS, "{before:?} {after:?}");
+    assert!(batches <= CALLS / 3, "{batches} batches for {CALLS} callbacks queued one by one");
+    assert!(gps <= CALLS / 3, "{gps} grace periods for {CALLS} callbacks queued one by one");
 }
