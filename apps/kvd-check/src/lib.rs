@@ -6,4 +6,5 @@ pub mod client;
 pub mod disturb;
 pub mod rng;
 pub mod server;
+pub mod storebench;
 pub mod verify;

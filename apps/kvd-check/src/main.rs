@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use kvd_check::server::{find_kvd, Kind, Rseq, Server};
-use kvd_check::{bench, disturb, verify};
+use kvd_check::{bench, disturb, storebench, verify};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -80,6 +80,36 @@ enum Cmd {
         /// Throughput-vs-connections plot (needs python3 with matplotlib); empty: none.
         #[arg(long, default_value = "")]
         plot: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// The stacks' parts without the network: `kvd --bench-store` threads on the store of
+    /// each stack (index, locks, counters, allocator), side by side, with ratios.
+    BenchStore {
+        #[arg(long, default_value = "ours,naive,strong")]
+        stacks: String,
+        /// Threads driving the store (more than the CPUs: holders get preempted).
+        #[arg(long, default_value = "1,2,64")]
+        threads: String,
+        /// Percentages of gets (the rest are sets).
+        #[arg(long, default_value = "90,50")]
+        mixes: String,
+        /// Value sizes in bytes (16 and up: each value carries its key and writer).
+        #[arg(long, default_value = "32,1024")]
+        sizes: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds per cell and run.
+        #[arg(long, default_value_t = 0.5)]
+        secs: f64,
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// CI smoke size: 1 run of 0.1 s, 32 B values, 1 and 8 threads, 2000 keys.
+        #[arg(long)]
+        quick: bool,
+        /// Output prefix: PREFIX.csv (every sample) and PREFIX.txt (the table).
+        #[arg(long, default_value = "target/kvd-bench-store")]
+        out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -256,6 +286,48 @@ fn real_main() -> Result<bool, String> {
                 eprintln!("{errors} connections failed during the bench");
             }
             Ok(errors == 0)
+        }
+        Cmd::BenchStore { stacks, threads, mixes, sizes, runs, secs, keys, quick, out, seed } => {
+            let mut p = storebench::Params {
+                stacks: stacks.split(',').map(|s| s.trim().to_string()).collect(),
+                threads: list(&threads, "thread count")?,
+                get_pcts: list(&mixes, "get percentage")?,
+                sizes: list(&sizes, "value size")?,
+                runs,
+                secs,
+                keys,
+                seed,
+            };
+            if quick {
+                (p.runs, p.secs, p.sizes, p.threads, p.keys) = (1, 0.1, vec![32], vec![1, 8], 2000);
+            }
+            if let Some(s) = p.stacks.iter().find(|s| !["ours", "naive", "strong"].contains(&s.as_str())) {
+                return Err(format!("unknown stack {s:?} (ours, naive, strong)"));
+            }
+            if p.runs == 0
+                || p.keys == 0
+                || p.threads.iter().any(|&t| t == 0 || t > 1024)
+                || p.get_pcts.iter().any(|&g| g > 100)
+                || p.sizes.iter().any(|&z| !(16..=512 * 1024).contains(&z))
+                || !(p.secs > 0.0 && p.secs <= 600.0)
+            {
+                return Err(
+                    "bad bench-store parameters (runs, keys >= 1; threads 1..=1024; mixes 0..=100; sizes 16..=524288; 0 < secs <= 600)"
+                        .into(),
+                );
+            }
+            let (ran, samples) = storebench::run(&p)?;
+            let table = storebench::table(&p, &ran, &samples);
+            print!("{table}");
+            if let Some(d) = out.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let csv = out.with_extension("csv");
+            std::fs::write(&csv, storebench::csv(&samples)).map_err(|e| format!("{}: {e}", csv.display()))?;
+            let txt = out.with_extension("txt");
+            std::fs::write(&txt, &table).map_err(|e| format!("{}: {e}", txt.display()))?;
+            println!("wrote {} and {}", csv.display(), txt.display());
+            Ok(true)
         }
     }
 }

@@ -5,6 +5,7 @@ mod parts;
 mod proto;
 mod server;
 mod store;
+mod storebench;
 
 use parts::Stack;
 use std::os::unix::process::CommandExt;
@@ -24,7 +25,8 @@ const USAGE: &str = "usage: kvd [-p PORT] [-l ADDR] [-t THREADS] [-m MEGABYTES] 
   --metrics-port P Prometheus text format over HTTP (GET /metrics)
   --hash-mask HEX  AND the 64-bit key hash with this mask (testing: forces collisions)
   --check-stack    set up the stack's parts (allocator, map, libraries), say whether they
-                   work here and exit (0: they do; 1: a message names what is missing)";
+                   work here and exit (0: they do; 1: a message names what is missing)
+  --bench-store    benchmark the store without the network (kvd --bench-store --help)";
 
 /// The environment marker of a process the server has already re-executed with its
 /// allocator preloaded.
@@ -127,7 +129,17 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let check_only = args[1..].iter().any(|a| a == "--check-stack");
     let rest: Vec<String> = args[1..].iter().filter(|a| *a != "--check-stack").cloned().collect();
-    let cfg = parse_args(&rest);
+    let bench = rest.iter().any(|a| a == "--bench-store");
+    if bench && rest.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{}", storebench::USAGE);
+        std::process::exit(0);
+    }
+    let (cfg, bench_cfg) = if bench {
+        let (stack, b) = storebench::parse_args(&rest);
+        (server::Config { stack, ..parse_args(&[]) }, Some(b))
+    } else {
+        (parse_args(&rest), None)
+    };
     if std::env::var_os(MARKER).is_none() {
         if let Some(lib) = preload_for(cfg.stack) {
             if !lib.exists() {
@@ -155,6 +167,16 @@ fn main() {
         }
         eprintln!("kvd: the {} stack runs here", cfg.stack.name());
         std::process::exit(0);
+    }
+    if let Some(b) = bench_cfg {
+        match storebench::run(cfg.stack, &b) {
+            Ok(true) => std::process::exit(0),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("kvd --bench-store: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     if let Err(e) = server::run(cfg) {
         eprintln!("kvd: {e}");

@@ -332,6 +332,7 @@ mod urcu {
     extern "C" {
         pub fn kvd_urcu_create(initial: std::ffi::c_ulong) -> *mut c_void;
         pub fn kvd_urcu_register_thread();
+        pub fn kvd_urcu_unregister_thread();
         pub fn kvd_urcu_read_lock();
         pub fn kvd_urcu_read_unlock();
         pub fn kvd_urcu_lookup(ht: *mut c_void, key: u64) -> u64;
@@ -400,6 +401,17 @@ impl Index {
             // SAFETY: registers the calling thread with urcu-memb; threads stay registered
             // until the process exits.
             unsafe { urcu::kvd_urcu_register_thread() };
+        }
+    }
+
+    /// Called by a thread that registered and is about to exit (the server's workers never
+    /// do; `--bench-store` threads do): liburcu keeps a registered thread in its list.
+    pub fn unregister_thread(&self) {
+        #[cfg(kvd_urcu)]
+        if let Index::Urcu { .. } = self {
+            // SAFETY: the calling thread registered with urcu-memb and is outside any read
+            // section.
+            unsafe { urcu::kvd_urcu_unregister_thread() };
         }
     }
 
