@@ -1492,6 +1492,10 @@ def main():
                     "for 32 vCPUs); auto = single up to 8 vCPUs, multi for the 16/32-vCPU boots "
                     "[%(default)s]")
     ap.add_argument("--no-hotadd", action="store_true", help="no vCPU hot-add")
+    ap.add_argument("--kernel-image", action="append", default=[], metavar="SERIES=PATH",
+                    help="boot a kernel image built here for that series instead of Debian's package (e.g. "
+                         "7.3=/path/arch/x86/boot/bzImage, a 7.3 built with CONFIG_RSEQ_SLICE_EXTENSION=y); "
+                         "repeatable")
     ap.add_argument("--slice", action="store_true", help="also run the libs/locks slice_hold measurement (time-slice "
                     "extension on/off, interleaved rounds) first in each main boot")
     ap.add_argument("--slice-rounds", type=int, default=3, help="slice_hold rounds per mode [%(default)s]")
@@ -1534,6 +1538,15 @@ def main():
     for s in series:
         if s not in KERNELS:
             ap.error(f"unknown kernel series {s} (known: {', '.join(KERNELS)})")
+    images = {}
+    for spec in o.kernel_image:
+        ser, sep, path = spec.partition("=")
+        if not sep or not path or ser not in series:
+            ap.error(f"--kernel-image {spec!r}: expected SERIES=PATH with SERIES one of --kernels ({', '.join(series)})")
+        images[ser] = path
+    if images and o.arch != "x86_64":
+        ap.error("--kernel-image applies to x86_64 guests only")
+    o.kernel_image = images
     many = [int(x) for x in o.many.split(",")] if o.full else []
     o.arm_series = aarch64_series(o.short, o.arch, series, o.aarch64_kernels)
     for s in o.arm_series:
@@ -1546,6 +1559,30 @@ def main():
         return 2
 
 
+def local_kernel(series, image, arch):
+    """A kernel image built here (--kernel-image SERIES=PATH) in place of Debian's package: the
+    release string is read from the image's header (`file`), the config from a `.config` or
+    `config` file beside it when there is one."""
+    img = Path(image).resolve()
+    if not img.is_file():
+        raise Fatal(f"kernel {series}: --kernel-image {image}: no such file")
+    release = "?"
+    try:
+        desc = subprocess.run(["file", "-b", str(img)], capture_output=True, text=True).stdout
+        m = re.search(r"version (\S+)", desc)
+        if m:
+            release = m.group(1)
+    except OSError:
+        pass
+    info = {"series": series, "arch": arch.deb, "package": "local", "version": str(img), "release": release}
+    for c in (img.parent / ".config", img.parent / "config", img.parents[3] / ".config" if len(img.parents) > 3 else None):
+        if c is not None and c.is_file():
+            info["config"] = str(c)
+            break
+    log(f"kernels: {series} is the local image {img} ({release})")
+    return img, info
+
+
 def run_arch(o, arch, series, many, cache, work, deadline, timings, several):
     """Fetches the kernels of one architecture, builds its payload and boots every kernel."""
     label = f"{arch.name}/" if several or arch.name != "x86_64" else ""
@@ -1555,7 +1592,7 @@ def run_arch(o, arch, series, many, cache, work, deadline, timings, several):
     kc = KernelCache(cache, arch.deb)
     kernels = {}
     for s in series:
-        kernels[s] = kc.get(arch.kernels[s])
+        kernels[s] = local_kernel(s, o.kernel_image[s], arch) if s in o.kernel_image else kc.get(arch.kernels[s])
     busybox = kc.busybox() if arch.target else None
     timings[tk + "kernels_s"] = round(time.time() - t, 1)
 

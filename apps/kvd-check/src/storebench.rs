@@ -252,7 +252,16 @@ mod tests {
         let s = parse_line(l, 3).unwrap();
         assert_eq!(
             s,
-            Sample { stack: "ours".into(), run: 3, threads: 2, get_pct: 90, size: 32, ops: 1000, secs: 0.5, cpu_secs: 1.0 }
+            Sample {
+                stack: "ours".into(),
+                run: 3,
+                threads: 2,
+                get_pct: 90,
+                size: 32,
+                ops: 1000,
+                secs: 0.5,
+                cpu_secs: 1.0
+            }
         );
         assert_eq!(s.ops_per_s(), 2000.0);
         assert_eq!(s.cpu_ns(), 1e6);

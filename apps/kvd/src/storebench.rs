@@ -49,8 +49,14 @@ fn list<T: std::str::FromStr>(opt: &str, v: &str, ok: impl Fn(&T) -> bool) -> Ve
 /// Parses the options after `--bench-store` (and `--stack`).
 pub fn parse_args(args: &[String]) -> (Stack, Config) {
     let mut stack = Stack::Ours;
-    let mut cfg =
-        Config { threads: vec![1, 2, 64], get_pcts: vec![90, 50], sizes: vec![32, 1024], keys: 10_000, secs: 1.0, seed: 1 };
+    let mut cfg = Config {
+        threads: vec![1, 2, 64],
+        get_pcts: vec![90, 50],
+        sizes: vec![32, 1024],
+        keys: 10_000,
+        secs: 1.0,
+        seed: 1,
+    };
     let mut i = 0;
     while i < args.len() {
         let opt = args[i].as_str();
@@ -178,11 +184,13 @@ struct Done {
 /// failed (the message is on stderr).
 pub fn run(stack: Stack, cfg: &Config) -> Result<bool, String> {
     let mut ok = true;
+    // One store for every cell (its counters are named, once per process). Room for every
+    // key with the largest value, so that nothing is evicted.
+    let largest = cfg.sizes.iter().copied().max().unwrap_or(0) as u64;
+    let limit = (cfg.keys as u64 * (largest + 128)).max(64 << 20) * 2;
+    let store = Arc::new(Store::new(stack, limit, 1 << 20, u64::MAX)?);
+    store.index.register_thread();
     for &size in &cfg.sizes {
-        // Room for every key with the largest value, so that nothing is evicted.
-        let limit = (cfg.keys as u64 * (size as u64 + 128)).max(64 << 20) * 2;
-        let store = Arc::new(Store::new(stack, limit, 1 << 20, u64::MAX)?);
-        store.index.register_thread();
         let mut buf = vec![0u8; size];
         for k in 0..cfg.keys {
             fill_value(&mut buf, k, 0);
@@ -249,9 +257,7 @@ fn cell(store: &Arc<Store>, cfg: &Config, stack: Stack, threads: usize, pct: u32
     let d: Vec<i64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     let expect = [total.gets as i64, total.sets as i64, total.gets as i64, 0];
     if errors.is_empty() && d != expect {
-        errors.push(format!(
-            "counters cmd_get/cmd_set/get_hits/get_misses moved by {d:?}, the threads did {expect:?}"
-        ));
+        errors.push(format!("counters cmd_get/cmd_set/get_hits/get_misses moved by {d:?}, the threads did {expect:?}"));
     }
     for e in errors.iter().take(3) {
         eprintln!("kvd --bench-store: stack {} threads {threads} get% {pct} size {size}: {e}", stack.name());
@@ -264,4 +270,39 @@ fn cell(store: &Arc<Store>, cfg: &Config, stack: Stack, threads: usize, pct: u32
         errors.is_empty()
     );
     (line, errors.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut r = format!("VALUE {} 0 {}\r\n", String::from_utf8_lossy(key), data.len()).into_bytes();
+        r.extend_from_slice(data);
+        r.extend_from_slice(b"\r\n");
+        r
+    }
+
+    #[test]
+    fn a_value_written_for_the_key_passes() {
+        for writer in [0, 7, (3 << 32) | 5] {
+            let mut v = vec![0u8; 40];
+            fill_value(&mut v, 123, writer);
+            check_reply(&reply(b"key:00000123", &v), 123, 40).unwrap();
+        }
+    }
+
+    #[test]
+    fn wrong_bytes_length_or_key_fail() {
+        let mut v = vec![0u8; 40];
+        fill_value(&mut v, 123, 9);
+        let mut torn = v.clone();
+        torn[30] ^= 1;
+        assert!(check_reply(&reply(b"k", &torn), 123, 40).unwrap_err().contains("no thread wrote"));
+        let mut other = vec![0u8; 40];
+        fill_value(&mut other, 124, 9);
+        assert!(check_reply(&reply(b"k", &other), 123, 40).is_err(), "another key's value");
+        assert!(check_reply(&reply(b"k", &v[..39]), 123, 40).unwrap_err().contains("39 bytes"));
+        assert!(check_reply(b"VALUE k 0 40", 123, 40).is_err(), "no line end");
+    }
 }

@@ -498,6 +498,40 @@ fn stack_runs_here(stack: &str) -> bool {
     true
 }
 
+/// `kvd --bench-store`: more threads than CPUs setting and reading the same keys through the
+/// stack's store; the bench itself checks that every value read is one written for that key
+/// (never a freed or half-written item) and that the counters equal what the threads did.
+fn store_bench_counts_and_values(stack: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvd"))
+        .args(["--bench-store", "--stack", stack, "--threads", "1,6", "--mix", "50,95", "--sizes", "16,700"])
+        .args(["--keys", "300", "--secs", "0.15"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kvd --bench-store --stack {stack}: {}\n{stdout}{stderr}", out.status);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "one line per cell: {stdout}");
+    for l in &lines {
+        assert!(l.contains(&format!("\"stack\":\"{stack}\"")) && l.ends_with("\"ok\":true}"), "{l}");
+        let field = |k: &str| -> u64 {
+            let rest = &l[l.find(&format!("\"{k}\":")).unwrap() + k.len() + 3..];
+            rest[..rest.find(',').unwrap()].parse().unwrap()
+        };
+        assert!(field("gets") > 0 && field("sets") > 0, "both kinds of operation ran: {l}");
+    }
+}
+
+#[test]
+fn store_bench_refuses_bad_options() {
+    for args in [&["--sizes", "8"][..], &["--threads", "0"], &["--mix", "101"], &["--keys", "x"], &["--bogus", "1"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kvd")).arg("--bench-store").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("kvd --bench-store: ") && err.contains("usage: kvd --bench-store"), "{args:?}: {err}");
+    }
+}
+
 macro_rules! per_stack {
     ($stack:ident, $alloc:literal) => {
         mod $stack {
@@ -563,6 +597,13 @@ macro_rules! per_stack {
                     return;
                 }
                 super::libraries_loaded(stringify!($stack), $alloc);
+            }
+            #[test]
+            fn store_bench_counts_and_values() {
+                if !super::stack_runs_here(stringify!($stack)) {
+                    return;
+                }
+                super::store_bench_counts_and_values(stringify!($stack));
             }
             #[test]
             fn metrics_and_signals() {
