@@ -133,6 +133,8 @@ TCG_THREAD = "auto"
 
 # Extra arguments for every harness run (--harness-arg).
 HARNESS_ARGS = []
+# --guest-libc: file name -> path of another glibc for the guest (None: the host's).
+GUEST_LIBC = None
 
 
 def tcg_thread_for(maxcpus):
@@ -677,12 +679,34 @@ def build_initramfs(pl: Payload, work: Path, arch: Arch = None, busybox=None) ->
         pairs = sorted({pair for e in elfs for pair in elf_deps(e, arch)}, key=lambda p: p[1])
         deps = [g for _, g in pairs]
         for src, dst in pairs:
-            c.file(dst, Path(src).resolve().read_bytes(), 0o755)
+            c.file(dst, guest_libc_file(src).read_bytes(), 0o755)
         c.close()
     shutil.rmtree(stage, ignore_errors=True)
     log(f"initramfs: {out.stat().st_size / 1e6:.1f} MB ({len(elfs)} payload files; "
         f"{', '.join(os.path.basename(d) for d in deps)})")
     return out
+
+
+def guest_libc_file(src) -> Path:
+    """The file the guest gets for the host library `src`: the same-named file of
+    --guest-libc when it has one (another glibc for the guest's binaries), else the host's."""
+    if GUEST_LIBC is not None:
+        alt = GUEST_LIBC.get(os.path.basename(src))
+        if alt is not None:
+            return alt
+    return Path(src).resolve()
+
+
+def guest_libc_files(d: Path):
+    """Every shared object under d (an unpacked libc6 .deb or a sysroot), by file name."""
+    found = {}
+    for p in sorted(d.rglob("*.so*")):
+        if p.is_file() and not p.is_symlink():
+            found.setdefault(p.name, p.resolve())
+    for p in sorted(d.rglob("*.so*")):
+        if p.is_symlink() and p.resolve().is_file():
+            found.setdefault(p.name, p.resolve())
+    return found
 
 
 def small_cpio(files) -> bytes:
@@ -1496,6 +1520,10 @@ def main():
                     help="boot a kernel image built here for that series instead of Debian's package (e.g. "
                          "7.3=/path/arch/x86/boot/bzImage, a 7.3 built with CONFIG_RSEQ_SLICE_EXTENSION=y); "
                          "repeatable")
+    ap.add_argument("--guest-libc", metavar="DIR",
+                    help="give the guest's binaries the glibc found under DIR (e.g. an unpacked libc6 .deb: "
+                         "dpkg-deb -x libc6_2.43-*.deb DIR) instead of the host's; a glibc that registers rseq "
+                         "with the kernel's feature size is what lets a 7.x kernel offer the time-slice extension")
     ap.add_argument("--slice", action="store_true", help="also run the libs/locks slice_hold measurement (time-slice "
                     "extension on/off, interleaved rounds) first in each main boot")
     ap.add_argument("--slice-rounds", type=int, default=3, help="slice_hold rounds per mode [%(default)s]")
@@ -1523,7 +1551,7 @@ def main():
                     "(repeatable; later ones override the runner's)")
     ap.add_argument("--verbose", "-v", action="store_true", help="stream the guests' consoles")
     o = ap.parse_args()
-    global TCG_THREAD, HARNESS_ARGS
+    global TCG_THREAD, HARNESS_ARGS, GUEST_LIBC
     TCG_THREAD = o.tcg_thread
     HARNESS_ARGS = list(o.harness_arg)
     if o.short and o.full:
@@ -1547,6 +1575,13 @@ def main():
     if images and o.arch != "x86_64":
         ap.error("--kernel-image applies to x86_64 guests only")
     o.kernel_image = images
+    if o.guest_libc:
+        d = Path(o.guest_libc)
+        GUEST_LIBC = guest_libc_files(d) if d.is_dir() else {}
+        if "libc.so.6" not in GUEST_LIBC or "ld-linux-x86-64.so.2" not in GUEST_LIBC:
+            ap.error(f"--guest-libc {o.guest_libc}: no libc.so.6 and ld-linux-x86-64.so.2 under it")
+        if o.arch != "x86_64":
+            ap.error("--guest-libc applies to x86_64 guests only")
     many = [int(x) for x in o.many.split(",")] if o.full else []
     o.arm_series = aarch64_series(o.short, o.arch, series, o.aarch64_kernels)
     for s in o.arm_series:
