@@ -75,7 +75,8 @@ void *prcu_ptr_exchange(void **slot, void *value); /* old value: reclaim after a
 int prcu_ptr_exchange_retire(void **slot, void *value, void (*reclaim)(void *));
 
 /* Hash map u64 -> u64. Lookups are lock-free (they open their own read section);
- * writers serialise; removed nodes are freed after a grace period; the map grows. */
+ * writers serialise; a replace stores the value in place (release; lookups acquire);
+ * removed nodes are freed after a grace period; the map grows. */
 typedef struct prcu_map prcu_map;
 prcu_map *prcu_map_create(size_t capacity);
 int prcu_map_destroy(prcu_map *map);

@@ -2,9 +2,11 @@
 //!
 //! Readers look up without locks inside a read section: they load the table pointer and
 //! walk one bucket's chain with acquire loads. Writers (insert, replace, remove) serialise
-//! on the map's lock and never change a node a reader may hold: a replace links a new node
-//! in the old one's place, a remove unlinks; the old node is freed after a grace period
-//! (`call_rcu`). When the map holds more keys than buckets, a writer builds a whole
+//! on the map's lock. A node's key and place never change while a reader may hold it; its
+//! value is one atomic word, so a replace stores the new value into the node (release; a
+//! reader's acquire load sees the old or the new value, whole, and what the writer wrote
+//! before publishing it) — no node is allocated or retired for a replace. A remove unlinks;
+//! the node is freed after a grace period (`call_rcu`). When the map holds more keys than buckets, a writer builds a whole
 //! new table of twice the size with fresh nodes and publishes it with one store; the old
 //! table and all its nodes are freed after a grace period. A lookup therefore walks either
 //! the complete old table or the complete new one, so a key present throughout is never
@@ -19,7 +21,8 @@ use crate::lock::Lock;
 
 struct Node {
     key: u64,
-    value: u64,
+    /// Written in place by `replace` (release), read by lookups (acquire).
+    value: AtomicU64,
     next: AtomicPtr<Node>,
 }
 
@@ -125,7 +128,7 @@ impl Map {
             // after it is unlinked.
             let node = unsafe { &*n };
             if node.key == key {
-                return Some(node.value);
+                return Some(node.value.load(Ordering::Acquire));
             }
             n = node.next.load(Ordering::Acquire);
         }
@@ -173,7 +176,11 @@ impl Map {
         }
         let t = self.table_mut();
         let head = &t.buckets[hash(key) as usize & t.mask];
-        let node = Box::into_raw(Box::new(Node { key, value, next: AtomicPtr::new(head.load(Ordering::Relaxed)) }));
+        let node = Box::into_raw(Box::new(Node {
+            key,
+            value: AtomicU64::new(value),
+            next: AtomicPtr::new(head.load(Ordering::Relaxed)),
+        }));
         head.store(node, Ordering::Release);
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         if len > t.mask + 1 {
@@ -185,13 +192,11 @@ impl Map {
     /// Sets `key`'s value; returns the old one. `NotFound` when absent.
     pub fn replace(&self, key: u64, value: u64) -> Result<u64, MapError> {
         let _w = self.writer.lock();
-        let (link, old) = self.find(key).ok_or(MapError::NotFound)?;
-        // SAFETY: `old` is a live node of the published table (writer lock held).
-        let (old_value, next) = unsafe { ((*old).value, (*old).next.load(Ordering::Relaxed)) };
-        let node = Box::into_raw(Box::new(Node { key, value, next: AtomicPtr::new(next) }));
-        link.store(node, Ordering::Release);
-        callbacks::call(Callback { func: free_node, arg: old.cast() });
-        Ok(old_value)
+        let (_, node) = self.find(key).ok_or(MapError::NotFound)?;
+        // SAFETY: `node` is a live node of the published table (writer lock held). Only
+        // writers store into `value`, and they hold the lock, so the swap returns exactly
+        // the value this replace supersedes.
+        Ok(unsafe { (*node).value.swap(value, Ordering::Release) })
     }
 
     /// Removes `key`; returns its value. `NotFound` when absent.
@@ -199,7 +204,7 @@ impl Map {
         let _w = self.writer.lock();
         let (link, old) = self.find(key).ok_or(MapError::NotFound)?;
         // SAFETY: as in `replace`.
-        let (old_value, next) = unsafe { ((*old).value, (*old).next.load(Ordering::Relaxed)) };
+        let (old_value, next) = unsafe { ((*old).value.load(Ordering::Relaxed), (*old).next.load(Ordering::Relaxed)) };
         link.store(next, Ordering::Release);
         self.len.fetch_sub(1, Ordering::Relaxed);
         callbacks::call(Callback { func: free_node, arg: old.cast() });
@@ -219,8 +224,11 @@ impl Map {
                 // SAFETY: a live node of the old table.
                 let node = unsafe { &*p };
                 let head = &n.buckets[hash(node.key) as usize & n.mask];
-                let copy =
-                    Node { key: node.key, value: node.value, next: AtomicPtr::new(head.load(Ordering::Relaxed)) };
+                let copy = Node {
+                    key: node.key,
+                    value: AtomicU64::new(node.value.load(Ordering::Relaxed)),
+                    next: AtomicPtr::new(head.load(Ordering::Relaxed)),
+                };
                 head.store(Box::into_raw(Box::new(copy)), Ordering::Relaxed);
                 p = node.next.load(Ordering::Relaxed);
             }
@@ -239,7 +247,7 @@ impl Map {
             while !p.is_null() {
                 // SAFETY: live nodes of the published table.
                 let node = unsafe { &*p };
-                out.push((node.key, node.value));
+                out.push((node.key, node.value.load(Ordering::Relaxed)));
                 p = node.next.load(Ordering::Relaxed);
             }
         }
