@@ -68,6 +68,8 @@ static URGENT: AtomicBool = AtomicBool::new(false);
 pub(crate) const GATHER: Duration = Duration::from_millis(2);
 /// Outstanding callbacks that end the gathering at once (bounds the memory held).
 pub(crate) const GATHER_MAX: u64 = 4096;
+/// The largest batch vector kept for reuse as the queue's storage (256 KiB of entries).
+const SPARE_MAX: usize = 4 * GATHER_MAX as usize;
 
 /// Queues `cb` to run after a grace period. Not async-signal-safe (it may allocate).
 pub(crate) fn call(cb: Callback) {
@@ -179,11 +181,22 @@ fn sleep_until_woken(seen: u32, limit: Duration) {
     };
 }
 
-/// Moves the queue into the batch (never holding both locks).
+/// Moves the queue into the batch (never holding both locks). The emptied vector of the
+/// last batch becomes the queue's storage, so `call` pushes into capacity that is already
+/// there instead of growing a new vector from nothing after every batch; one larger than
+/// [`SPARE_MAX`] entries (left by a flood) is freed instead, so a flood's memory comes back.
 fn take_batch() {
+    let spare = {
+        let mut b = BATCH.lock();
+        if b.is_empty() && b.capacity() <= SPARE_MAX {
+            core::mem::take(&mut *b)
+        } else {
+            Vec::new()
+        }
+    };
     let mut batch = {
         let mut q = QUEUE.lock();
-        let b = core::mem::take(&mut *q);
+        let b = core::mem::replace(&mut *q, spare);
         IN_HAND.fetch_add(b.len() as u64, Ordering::SeqCst);
         b
     };
