@@ -337,8 +337,19 @@ pub fn table(p: &Params, r: &Results) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<10} {:>5} {:>5} {:>5} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8}",
-        "server", "get%", "size", "conns", "kops/s", "p50 us", "p99 us", "cli cpu", "srv cpu", "ours/x", "p99 x/o"
+        "{:<10} {:>5} {:>5} {:>5} {:>10} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>8}",
+        "server",
+        "get%",
+        "size",
+        "conns",
+        "kops/s",
+        "p50 us",
+        "p99 us",
+        "cli cpu",
+        "srv cpu",
+        "srv us/op",
+        "ours/x",
+        "p99 x/o"
     );
     let has_ours = p.servers.iter().any(|k| k.name() == "ours");
     for &g in &p.get_pcts {
@@ -355,7 +366,7 @@ pub fn table(p: &Params, r: &Results) -> String {
                     };
                     let _ = writeln!(
                         t,
-                        "{:<10} {:>5} {:>5} {:>5} {:>10.1} {:>8.1} {:>8.1} {:>7.2} {:>7.2} {:>8} {:>8}{}",
+                        "{:<10} {:>5} {:>5} {:>5} {:>10.1} {:>8.1} {:>8.1} {:>7.2} {:>7.2} {:>9} {:>8} {:>8}{}",
                         x.server,
                         g,
                         size,
@@ -365,6 +376,7 @@ pub fn table(p: &Params, r: &Results) -> String {
                         x.p99_us,
                         x.client_cpu,
                         x.server_cpu,
+                        server_us_per_op(x),
                         ratio,
                         p99r,
                         if x.errors > 0 { format!("  ({} errors)", x.errors) } else { String::new() }
@@ -386,6 +398,17 @@ pub fn table(p: &Params, r: &Results) -> String {
         }
     }
     t
+}
+
+/// Server CPU microseconds per request (CPU seconds per wall second over requests per
+/// second): on a host where client and server share the CPUs, the cost that throughput alone
+/// hides. "-" for a server whose CPU time is not known (one given as HOST:PORT).
+fn server_us_per_op(x: &Cell) -> String {
+    if x.server_cpu > 0.0 && x.ops_per_s > 0.0 {
+        format!("{:.2}", x.server_cpu / x.ops_per_s * 1e6)
+    } else {
+        "-".into()
+    }
 }
 
 /// Every sample, then every median, as CSV.
