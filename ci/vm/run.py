@@ -1130,7 +1130,15 @@ def slice_steps(pl: Payload, o):
     if not getattr(o, "slice", False) or not pl.extras:
         return []
     limit = int(2 * o.slice_rounds * o.slice_secs * 3 + 60)
-    return [shlex.join(["run_step", "locks.slice_hold", str(limit), "/payload/bin/slice_hold",
+    grant = []
+    if getattr(o, "slice_grant_us", None):
+        # The kernel's grant limit (debugfs rseq/slice_ext_nsec, 5-50 us; 5 by default).
+        ns = int(o.slice_grant_us * 1000)
+        grant = [shlex.join(["run_step", "locks.slice_grant", "20", "sh", "-c",
+                             "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
+                             f"echo {ns} > /sys/kernel/debug/rseq/slice_ext_nsec; "
+                             "echo slice_ext_nsec $(cat /sys/kernel/debug/rseq/slice_ext_nsec)"])]
+    return grant + [shlex.join(["run_step", "locks.slice_hold", str(limit), "/payload/bin/slice_hold",
                         "--threads", "3", "--cpus", "1", "--hold-us", "20", "--rounds", str(o.slice_rounds),
                         "--secs", str(o.slice_secs)])]
 
@@ -1526,6 +1534,9 @@ def main():
                          "with the kernel's feature size is what lets a 7.x kernel offer the time-slice extension")
     ap.add_argument("--slice", action="store_true", help="also run the libs/locks slice_hold measurement (time-slice "
                     "extension on/off, interleaved rounds) first in each main boot")
+    ap.add_argument("--slice-grant-us", type=float, metavar="US",
+                    help="with --slice: set the kernel's grant limit (debugfs rseq/slice_ext_nsec, 5-50 us) "
+                         "before the measurement [the kernel's default, 5]")
     ap.add_argument("--slice-rounds", type=int, default=3, help="slice_hold rounds per mode [%(default)s]")
     ap.add_argument("--slice-secs", type=float, default=2, help="seconds of each slice_hold round [%(default)s]")
     ap.add_argument("--many-duration", type=float, default=10, help="seconds of each 16/32-vCPU harness run "
@@ -1575,6 +1586,8 @@ def main():
     if images and o.arch != "x86_64":
         ap.error("--kernel-image applies to x86_64 guests only")
     o.kernel_image = images
+    if o.slice_grant_us is not None and not (o.slice and 5 <= o.slice_grant_us <= 50):
+        ap.error("--slice-grant-us needs --slice and a value from 5 to 50 (the kernel's limits)")
     if o.guest_libc:
         d = Path(o.guest_libc)
         GUEST_LIBC = guest_libc_files(d) if d.is_dir() else {}
