@@ -104,8 +104,9 @@ fn fill_value(buf: &mut [u8], k: usize, writer: u64) {
     buf[..8].copy_from_slice(&tag.to_le_bytes());
     buf[8..16].copy_from_slice(&writer.to_le_bytes());
     let seed = body_seed(k, writer);
-    for (i, b) in buf[16..].iter_mut().enumerate() {
-        *b = body_byte(seed, i);
+    for (j, chunk) in buf[16..].chunks_mut(8).enumerate() {
+        let w = body_word(seed, j).to_le_bytes();
+        chunk.copy_from_slice(&w[..chunk.len()]);
     }
 }
 
@@ -113,9 +114,10 @@ fn body_seed(k: usize, writer: u64) -> u64 {
     ((k as u64) ^ writer.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
 }
 
+/// Word `j` of the body (8 bytes, little-endian; the last one may be cut short).
 #[inline]
-fn body_byte(seed: u64, i: usize) -> u8 {
-    (seed >> ((i % 8) * 8)) as u8 ^ (i as u8)
+fn body_word(seed: u64, j: usize) -> u64 {
+    seed ^ (j as u64).wrapping_mul(0xff51_afd7_ed55_8ccd)
 }
 
 /// Checks a `get` reply (`VALUE key flags len\r\n<data>\r\nEND` without the END) for key `k`.
@@ -130,7 +132,8 @@ fn check_reply(out: &[u8], k: usize, size: usize) -> Result<(), String> {
     let writer = u64::from_le_bytes(data[8..16].try_into().unwrap());
     let tag = (k as u64) ^ 0x5bd1_e995_0000_0000;
     let seed = body_seed(k, writer);
-    let good = data[..8] == tag.to_le_bytes() && data[16..].iter().enumerate().all(|(i, &b)| b == body_byte(seed, i));
+    let good = data[..8] == tag.to_le_bytes()
+        && data[16..].chunks(8).enumerate().all(|(j, c)| c == &body_word(seed, j).to_le_bytes()[..c.len()]);
     if !good {
         return Err(format!("key {k}: a value that no thread wrote for this key (writer field {writer:#x})"));
     }
