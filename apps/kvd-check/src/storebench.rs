@@ -1,7 +1,8 @@
 //! `kvd-check bench-store`: the stacks' parts compared without the network. Runs
-//! `kvd --bench-store` for every stack (each in its own process, with its own allocator
-//! preloaded, as the server runs), rotating the order of the stacks from run to run, and
-//! reports the median throughput per cell with ratios against `ours`.
+//! `kvd --bench-store` for every stack and cell (each in its own process, with its own
+//! allocator preloaded, as the server runs), rotating the order of the stacks from cell to
+//! cell and run to run, and reports the median throughput per cell with ratios against
+//! `ours`.
 //!
 //! Why beside the network bench: over loopback on a small host a request costs a few
 //! microseconds of system calls and wake-ups that every stack pays alike (a profile of kvd
@@ -76,10 +77,6 @@ pub fn parse_line(line: &str, run: usize) -> Result<Sample, String> {
     })
 }
 
-fn join<T: ToString>(v: &[T]) -> String {
-    v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
-}
-
 /// Whether kvd can run `stack` here (`kvd --check-stack`); the reason when it cannot.
 fn stack_runs(kvd: &std::path::Path, stack: &str) -> Result<(), String> {
     let out = Command::new(kvd)
@@ -107,39 +104,50 @@ pub fn run(p: &Params) -> Result<(Vec<String>, Vec<Sample>), String> {
     if stacks.is_empty() {
         return Err("no stack runs here".into());
     }
+    // One process per stack and cell, the stacks' order rotating from cell to cell and run to
+    // run: a slow phase of a noisy host then hits every stack of a cell alike.
     let mut samples = Vec::new();
+    let cells: Vec<(u32, usize, usize)> = p
+        .get_pcts
+        .iter()
+        .flat_map(|&g| p.sizes.iter().flat_map(move |&z| p.threads.iter().map(move |&t| (g, z, t))))
+        .collect();
+    let mut turn = 0;
     for run in 0..p.runs {
-        for i in 0..stacks.len() {
-            let stack = &stacks[(i + run) % stacks.len()];
-            let args = [
-                "--bench-store".to_string(),
-                "--stack".into(),
-                stack.clone(),
-                "--threads".into(),
-                join(&p.threads),
-                "--mix".into(),
-                join(&p.get_pcts),
-                "--sizes".into(),
-                join(&p.sizes),
-                "--keys".into(),
-                p.keys.to_string(),
-                "--secs".into(),
-                p.secs.to_string(),
-                "--seed".into(),
-                (p.seed + run as u64).to_string(),
-            ];
-            eprint!("\rrun {}/{} stack {stack}      ", run + 1, p.runs);
-            let out = Command::new(&kvd).args(&args).output().map_err(|e| format!("{}: {e}", kvd.display()))?;
-            let cmdline = format!("{} {}", kvd.display(), args.join(" "));
-            if !out.status.success() {
-                return Err(format!(
-                    "{cmdline}: {}\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).lines().take(10).collect::<Vec<_>>().join("\n")
-                ));
-            }
-            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
-                samples.push(parse_line(line, run).map_err(|e| format!("{cmdline}: {e}"))?);
+        for (ci, &(pct, size, threads)) in cells.iter().enumerate() {
+            turn += 1;
+            for i in 0..stacks.len() {
+                let stack = &stacks[(i + turn) % stacks.len()];
+                let args = [
+                    "--bench-store".to_string(),
+                    "--stack".into(),
+                    stack.clone(),
+                    "--threads".into(),
+                    threads.to_string(),
+                    "--mix".into(),
+                    pct.to_string(),
+                    "--sizes".into(),
+                    size.to_string(),
+                    "--keys".into(),
+                    p.keys.to_string(),
+                    "--secs".into(),
+                    p.secs.to_string(),
+                    "--seed".into(),
+                    (p.seed + run as u64).to_string(),
+                ];
+                eprint!("\rrun {}/{} cell {}/{}      ", run + 1, p.runs, ci + 1, cells.len());
+                let out = Command::new(&kvd).args(&args).output().map_err(|e| format!("{}: {e}", kvd.display()))?;
+                let cmdline = format!("{} {}", kvd.display(), args.join(" "));
+                if !out.status.success() {
+                    return Err(format!(
+                        "{cmdline}: {}\n{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).lines().take(10).collect::<Vec<_>>().join("\n")
+                    ));
+                }
+                for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
+                    samples.push(parse_line(line, run).map_err(|e| format!("{cmdline}: {e}"))?);
+                }
             }
         }
     }
