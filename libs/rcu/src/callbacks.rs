@@ -68,6 +68,15 @@ static URGENT: AtomicBool = AtomicBool::new(false);
 pub(crate) const GATHER: Duration = Duration::from_millis(2);
 /// Outstanding callbacks that end the gathering at once (bounds the memory held).
 pub(crate) const GATHER_MAX: u64 = 4096;
+/// Tests: microseconds the worker pauses after taking the queue, before the taken callbacks
+/// join the batch (widens the moment a `fork` must not split; 0: no pause).
+static TAKE_PAUSE_US: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Tests only: see [`TAKE_PAUSE_US`].
+pub fn set_take_pause_for_tests(us: u32) {
+    TAKE_PAUSE_US.store(us, Ordering::SeqCst);
+}
+
 /// The largest batch vector kept for reuse as the queue's storage (256 KiB of entries).
 const SPARE_MAX: usize = 4 * GATHER_MAX as usize;
 
@@ -181,27 +190,27 @@ fn sleep_until_woken(seen: u32, limit: Duration) {
     };
 }
 
-/// Moves the queue into the batch (never holding both locks). The emptied vector of the
-/// last batch becomes the queue's storage, so `call` pushes into capacity that is already
-/// there instead of growing a new vector from nothing after every batch; one larger than
-/// [`SPARE_MAX`] entries (left by a flood) is freed instead, so a flood's memory comes back.
+/// Moves the queue into the batch, holding the batch lock throughout (then the queue lock:
+/// the order `before_fork` and a callback that queues callbacks also take). A `fork` thus
+/// finds every callback either in the queue or in the batch, never in the worker's hands
+/// between the two (the child would wait for them forever: it runs what the two hold). The
+/// emptied vector of the last batch becomes the queue's storage, so `call` pushes into
+/// capacity that is already there instead of growing a new vector from nothing after every
+/// batch; one larger than [`SPARE_MAX`] entries (left by a flood) is freed instead.
 fn take_batch() {
-    let spare = {
-        let mut b = BATCH.lock();
-        if b.is_empty() && b.capacity() <= SPARE_MAX {
-            core::mem::take(&mut *b)
-        } else {
-            Vec::new()
-        }
-    };
+    let mut b = BATCH.lock();
+    let spare = if b.is_empty() && b.capacity() <= SPARE_MAX { core::mem::take(&mut *b) } else { Vec::new() };
     let mut batch = {
         let mut q = QUEUE.lock();
-        let b = core::mem::replace(&mut *q, spare);
-        IN_HAND.fetch_add(b.len() as u64, Ordering::SeqCst);
-        b
+        let taken = core::mem::replace(&mut *q, spare);
+        IN_HAND.fetch_add(taken.len() as u64, Ordering::SeqCst);
+        taken
     };
+    let pause = TAKE_PAUSE_US.load(Ordering::Relaxed);
+    if pause > 0 {
+        std::thread::sleep(Duration::from_micros(u64::from(pause)));
+    }
     batch.reverse();
-    let mut b = BATCH.lock();
     batch.append(&mut b);
     *b = batch;
 }

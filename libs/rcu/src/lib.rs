@@ -104,6 +104,9 @@ pub fn set_checking(on: bool) {
     check::set_enabled(on);
 }
 
+#[doc(hidden)]
+pub use callbacks::set_take_pause_for_tests;
+
 /// Counts for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -194,3 +194,71 @@ fn forked_child_reads_synchronizes_and_calls_back() {
     let (ok, text) = child("child_fork", &[], false);
     assert!(ok && text.contains("fork generations passed"), "{text}");
 }
+
+static QUEUED_BY_TEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+unsafe extern "C" fn count_run(_: *mut libc::c_void) {
+    FORK_RAN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+#[ignore = "run by forks_while_the_worker_takes_a_batch_lose_nothing"]
+fn child_fork_during_take() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // The worker pauses 2 ms between taking the queue and holding it as its batch, while a
+    // thread keeps queueing: forks land in that moment. Each child must still run every
+    // callback the parent had queued and not run (barrier returns, run == queued).
+    prcu::set_take_pause_for_tests(2000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let producer = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            // SAFETY: count_run only touches an atomic.
+            unsafe { prcu::call_rcu(count_run, std::ptr::null_mut()) };
+            QUEUED_BY_TEST.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    });
+    let mut failures = Vec::new();
+    for round in 0..40u64 {
+        std::thread::sleep(std::time::Duration::from_micros(700 + (round * 337) % 2500));
+        // SAFETY: the child only uses the library and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // A lost callback makes barrier wait forever: SIGALRM ends the child then.
+            // SAFETY: plain system calls in the child.
+            unsafe { libc::alarm(4) };
+            prcu::set_take_pause_for_tests(0);
+            prcu::barrier();
+            let s = prcu::stats();
+            // SAFETY: as above.
+            unsafe { libc::_exit(if s.callbacks_run == s.callbacks_queued { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            failures.push(format!(
+                "round {round}: child status {status:#x}{}",
+                if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGALRM {
+                    " (barrier never returned: callbacks lost across the fork)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    producer.join().unwrap();
+    prcu::set_take_pause_for_tests(0);
+    prcu::barrier();
+    assert!(failures.is_empty(), "{failures:?}");
+    eprintln!("fork during take passed ({} callbacks queued)", QUEUED_BY_TEST.load(Ordering::SeqCst));
+}
+
+#[test]
+fn forks_while_the_worker_takes_a_batch_lose_nothing() {
+    let (ok, text) = child("child_fork_during_take", &[], false);
+    assert!(ok && text.contains("fork during take passed"), "{text}");
+}
