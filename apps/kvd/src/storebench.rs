@@ -46,6 +46,13 @@ fn list<T: std::str::FromStr>(opt: &str, v: &str, ok: impl Fn(&T) -> bool) -> Ve
     }
 }
 
+fn one<T: std::str::FromStr>(opt: &str, v: &str, ok: impl Fn(&T) -> bool) -> T {
+    match v.trim().parse().ok().filter(ok) {
+        Some(x) => x,
+        None => bad(&format!("{opt}: bad value {v:?}")),
+    }
+}
+
 /// Parses the options after `--bench-store` (and `--stack`).
 pub fn parse_args(args: &[String]) -> (Stack, Config) {
     let mut stack = Stack::Ours;
@@ -70,9 +77,9 @@ pub fn parse_args(args: &[String]) -> (Stack, Config) {
             "--threads" => cfg.threads = list(opt, val, |t: &usize| (1..=1024).contains(t)),
             "--mix" => cfg.get_pcts = list(opt, val, |p: &u32| *p <= 100),
             "--sizes" => cfg.sizes = list(opt, val, |s: &usize| (16..=512 * 1024).contains(s)),
-            "--keys" => cfg.keys = list(opt, val, |k: &usize| (1..=10_000_000).contains(k))[0],
-            "--secs" => cfg.secs = list(opt, val, |s: &f64| *s > 0.0 && *s <= 600.0)[0],
-            "--seed" => cfg.seed = list(opt, val, |_: &u64| true)[0],
+            "--keys" => cfg.keys = one(opt, val, |k: &usize| (1..=10_000_000).contains(k)),
+            "--secs" => cfg.secs = one(opt, val, |s: &f64| *s > 0.0 && *s <= 600.0),
+            "--seed" => cfg.seed = one(opt, val, |_: &u64| true),
             _ => bad(&format!("unknown option {opt}")),
         }
         i += 2;

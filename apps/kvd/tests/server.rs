@@ -524,7 +524,15 @@ fn store_bench_counts_and_values(stack: &str) {
 
 #[test]
 fn store_bench_refuses_bad_options() {
-    for args in [&["--sizes", "8"][..], &["--threads", "0"], &["--mix", "101"], &["--keys", "x"], &["--bogus", "1"]] {
+    for args in [
+        &["--sizes", "8"][..],
+        &["--threads", "0"],
+        &["--mix", "101"],
+        &["--keys", "x"],
+        &["--keys", "1,2"],
+        &["--secs", "0"],
+        &["--bogus", "1"],
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kvd")).arg("--bench-store").args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
