@@ -15,8 +15,8 @@
 //!
 //! Fork: the child keeps the queue and the part of the worker's batch not yet run (the
 //! prepare handler waits for a callback being run and for a move from queue to batch), and
-//! runs them with a new worker: every
-//! callback runs exactly once in the parent and once in the child's copy of memory.
+//! runs them with a new worker: every callback runs exactly once in the parent and once in
+//! the child's copy of memory.
 //!
 //! Unload: a `dlclose` waits until every queued callback has run, then stops and joins the
 //! worker, so no thread is left in unmapped code ([`stop_at_unload`]).

@@ -6,9 +6,10 @@
 //! value is one atomic word, so a replace stores the new value into the node (release; a
 //! reader's acquire load sees the old or the new value, whole, and what the writer wrote
 //! before publishing it) — no node is allocated or retired for a replace. A remove unlinks;
-//! the node is freed after a grace period (`call_rcu`). When the map holds more keys than buckets, a writer builds a whole
-//! new table of twice the size with fresh nodes and publishes it with one store; the old
-//! table and all its nodes are freed after a grace period. A lookup therefore walks either
+//! the node is freed after a grace period (`call_rcu`). When the map holds more keys than
+//! buckets, a writer builds a whole new table of twice the size with fresh nodes and
+//! publishes it with one store; the old table and all its nodes are freed after a grace
+//! period. A lookup therefore walks either
 //! the complete old table or the complete new one, so a key present throughout is never
 //! missed during a resize.
 

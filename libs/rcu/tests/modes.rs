@@ -197,10 +197,6 @@ fn forked_child_reads_synchronizes_and_calls_back() {
 
 static QUEUED_BY_TEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-unsafe extern "C" fn count_run(_: *mut libc::c_void) {
-    FORK_RAN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-}
-
 #[test]
 #[ignore = "run by forks_while_the_worker_takes_a_batch_lose_nothing"]
 fn child_fork_during_take() {
@@ -214,8 +210,8 @@ fn child_fork_during_take() {
     let s2 = stop.clone();
     let producer = std::thread::spawn(move || {
         while !s2.load(Ordering::Relaxed) {
-            // SAFETY: count_run only touches an atomic.
-            unsafe { prcu::call_rcu(count_run, std::ptr::null_mut()) };
+            // SAFETY: mark only touches an atomic.
+            unsafe { prcu::call_rcu(mark, std::ptr::null_mut()) };
             QUEUED_BY_TEST.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
